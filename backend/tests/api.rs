@@ -1,0 +1,373 @@
+//! The backend binary on a free port with a real SQLite file.
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Backend {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+async fn start(dir: &Path) -> Backend {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_backend"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--db")
+        .arg(dir.join("db/expenses.db"))
+        .arg("--keys-dir")
+        .arg(dir.join("keys"))
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn backend");
+    let b = Backend {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("{}/readyz", b.base)).await {
+            if r.status() == 200 {
+                return b;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("backend did not become ready");
+}
+
+async fn register_login(c: &Client, base: &str, email: &str) -> String {
+    let r = c
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"email": email, "password": "s3cret-pass"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({"email": email, "password": "s3cret-pass"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 900);
+    v["access_token"].as_str().expect("token").to_string()
+}
+
+fn expense(amount: i64, date: &str) -> Value {
+    json!({"amount_cents": amount, "currency": "EUR", "category": "food", "date": date})
+}
+
+#[tokio::test]
+async fn crud_pagination_isolation_and_persistence() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Client::new();
+    let (ann, bob, first_id) = {
+        let b = start(dir.path()).await;
+        let ann = register_login(&c, &b.base, "ann@example.com").await;
+        let bob = register_login(&c, &b.base, "bob@example.com").await;
+
+        let mut ids = Vec::new();
+        for day in 1..=5 {
+            let r = c
+                .post(format!("{}/api/expenses", b.base))
+                .bearer_auth(&ann)
+                .json(&expense(100 * day, &format!("2026-01-0{day}")))
+                .send()
+                .await
+                .expect("create");
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let v: Value = r.json().await.expect("json");
+            ids.push(v["id"].as_i64().expect("id"));
+        }
+        // Newest date first, two per page.
+        let v: Value = c
+            .get(format!("{}/api/expenses?limit=2&offset=2", b.base))
+            .bearer_auth(&ann)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(v["total"], 5);
+        let dates: Vec<&str> = v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|e| e["date"].as_str().expect("d"))
+            .collect();
+        assert_eq!(dates, ["2026-01-03", "2026-01-02"]);
+
+        // Bob sees none of Ann's, and gets 404 for her expense on every verb.
+        let v: Value = c
+            .get(format!("{}/api/expenses", b.base))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .expect("l")
+            .json()
+            .await
+            .expect("j");
+        assert_eq!(v["total"], 0);
+        let url = format!("{}/api/expenses/{}", b.base, ids[0]);
+        assert_eq!(
+            c.get(&url)
+                .bearer_auth(&bob)
+                .send()
+                .await
+                .expect("g")
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.put(&url)
+                .bearer_auth(&bob)
+                .json(&expense(1, "2026-01-01"))
+                .send()
+                .await
+                .expect("p")
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.delete(&url)
+                .bearer_auth(&bob)
+                .send()
+                .await
+                .expect("d")
+                .status(),
+            404
+        );
+
+        // Ann updates and deletes.
+        let r = c.put(&url).bearer_auth(&ann).json(&json!({"amount_cents": 999, "currency": "USD", "category": "travel", "note": "taxi", "date": "2026-02-01"})).send().await.expect("put");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["amount_cents"], 999);
+        assert_eq!(v["note"], "taxi");
+        let url2 = format!("{}/api/expenses/{}", b.base, ids[1]);
+        assert_eq!(
+            c.delete(&url2)
+                .bearer_auth(&ann)
+                .send()
+                .await
+                .expect("d")
+                .status(),
+            204
+        );
+        assert_eq!(
+            c.get(&url2)
+                .bearer_auth(&ann)
+                .send()
+                .await
+                .expect("g")
+                .status(),
+            404
+        );
+        (ann, bob, ids[0])
+    };
+    // Restart on the same file and keys: data and tokens survive.
+    let b = start(dir.path()).await;
+    let r = c
+        .get(format!("{}/api/expenses/{first_id}", b.base))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .expect("g");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["amount_cents"], 999);
+    let v: Value = c
+        .get(format!("{}/api/expenses", b.base))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .expect("l")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(v["total"], 4);
+    let me: Value = c
+        .get(format!("{}/api/me", b.base))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(me["email"], "bob@example.com");
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_errors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = start(dir.path()).await;
+    let c = Client::new();
+    let token = register_login(&c, &b.base, "cy@example.com").await;
+
+    // Duplicate email (case-insensitive) → 409.
+    let r = c
+        .post(format!("{}/api/auth/register", b.base))
+        .json(&json!({"email": "CY@example.com", "password": "another-pass"}))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 409);
+    // Weak password and bad email → 422 naming both.
+    let r = c
+        .post(format!("{}/api/auth/register", b.base))
+        .json(&json!({"email": "nope", "password": "short"}))
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["fields"]["email"].is_string() && v["fields"]["password"].is_string(),
+        "{v}"
+    );
+    // Malformed JSON → 400 JSON.
+    let r = c
+        .post(format!("{}/api/auth/register", b.base))
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "bad_request");
+
+    // Unknown email and wrong password: the same 401.
+    let wrong = c
+        .post(format!("{}/api/auth/login", b.base))
+        .json(&json!({"email": "cy@example.com", "password": "wrong-password"}))
+        .send()
+        .await
+        .expect("l");
+    let unknown = c
+        .post(format!("{}/api/auth/login", b.base))
+        .json(&json!({"email": "zz@example.com", "password": "wrong-password"}))
+        .send()
+        .await
+        .expect("l");
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(unknown.status(), 401);
+    assert_eq!(
+        wrong.text().await.expect("t"),
+        unknown.text().await.expect("t")
+    );
+
+    // Expense validation.
+    let r = c
+        .post(format!("{}/api/expenses", b.base))
+        .bearer_auth(&token)
+        .json(&json!({"amount_cents": "12", "currency": "euro", "date": "2026-13-01"}))
+        .send()
+        .await
+        .expect("e");
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.expect("json");
+    for f in ["amount_cents", "currency", "category", "date"] {
+        assert!(v["fields"][f].is_string(), "{f}: {v}");
+    }
+    // Bad pagination.
+    let r = c
+        .get(format!("{}/api/expenses?limit=1000", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("p");
+    assert_eq!(r.status(), 422);
+    // No token / garbage token / tampered token.
+    assert_eq!(
+        c.get(format!("{}/api/expenses", b.base))
+            .send()
+            .await
+            .expect("n")
+            .status(),
+        401
+    );
+    let r = c
+        .get(format!("{}/api/expenses", b.base))
+        .bearer_auth("garbage")
+        .send()
+        .await
+        .expect("g");
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .expect("h")
+        .starts_with("Bearer"));
+    let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+    parts[1] = parts[1].chars().rev().collect();
+    let r = c
+        .get(format!("{}/api/expenses", b.base))
+        .bearer_auth(parts.join("."))
+        .send()
+        .await
+        .expect("t");
+    assert_eq!(r.status(), 401);
+    // Non-numeric id → 404, not 500.
+    let r = c
+        .get(format!("{}/api/expenses/abc", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("a");
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn jwks_publishes_the_signing_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = start(dir.path()).await;
+    let c = Client::new();
+    let token = register_login(&c, &b.base, "dee@example.com").await;
+    let jwks: Value = c
+        .get(format!("{}/.well-known/jwks.json", b.base))
+        .send()
+        .await
+        .expect("j")
+        .json()
+        .await
+        .expect("json");
+    let header = jsonwebtoken::decode_header(&token).expect("header");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kid"], header.kid.expect("kid").as_str());
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+    let dk =
+        jsonwebtoken::DecodingKey::from_ed_components(key["x"].as_str().expect("x")).expect("dk");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["expenses-api"]);
+    let data = jsonwebtoken::decode::<Value>(&token, &dk, &v).expect("verifies");
+    for claim in ["iss", "aud", "sub", "exp", "iat", "scope"] {
+        assert!(!data.claims[claim].is_null(), "{claim}");
+    }
+}

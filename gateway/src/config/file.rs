@@ -1,0 +1,297 @@
+//! File types: what an operator writes in `gateway.toml`.
+//!
+//! Every struct denies unknown keys so a typo is an error, not a silently ignored setting.
+//! Values that later checks must point at (paths, names, addresses) are `Spanned` so a problem
+//! is reported at its `file:line:column`. Defaults live here, next to the field they belong to,
+//! and are repeated in the comments of `conf/gateway.toml`.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConf {
+    /// Worker threads of the proxy service; 0 = one per CPU core. Default 0.
+    #[serde(default)]
+    pub threads: usize,
+    /// Process lifecycle: shutdown grace, upgrade socket.
+    #[serde(default)]
+    pub process: ProcessConf,
+    /// Listening sockets.
+    #[serde(default)]
+    pub listeners: ListenersConf,
+    /// TLS settings and certificates.
+    pub tls: TlsConf,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: LimitsConf,
+    /// Upstream pools by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConf>>,
+    /// Routes, matched in order; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteConf>>,
+}
+
+/// Process lifecycle settings (restart required to change).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConf {
+    /// Seconds between SIGTERM and closing listeners (readiness turns 503 first). Default 5.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+    /// Seconds in-flight requests get to finish after listeners close. Default 10.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_seconds: u64,
+    /// Unix socket handing listeners to a new binary on graceful upgrade.
+    /// Default `/tmp/gateway_upgrade.sock`.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    /// PID file. Default `/tmp/gateway.pid`.
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    /// Idle upstream keep-alive connections kept per worker thread. Default 128.
+    #[serde(default = "default_keepalive_pool")]
+    pub upstream_keepalive_pool_size: usize,
+}
+
+fn default_grace() -> u64 {
+    5
+}
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/gateway_upgrade.sock".into()
+}
+fn default_pid_file() -> String {
+    "/tmp/gateway.pid".into()
+}
+fn default_keepalive_pool() -> usize {
+    128
+}
+
+impl Default for ProcessConf {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_seconds: default_grace(),
+            shutdown_timeout_seconds: default_shutdown_timeout(),
+            upgrade_sock: default_upgrade_sock(),
+            pid_file: default_pid_file(),
+            upstream_keepalive_pool_size: default_keepalive_pool(),
+        }
+    }
+}
+
+/// Listener addresses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenersConf {
+    /// HTTPS listener. Default `0.0.0.0:8443`.
+    #[serde(default = "default_https")]
+    pub https: Spanned<String>,
+    /// Plain-HTTP listener that redirects to HTTPS; empty string disables it. Default `0.0.0.0:8080`.
+    #[serde(default = "default_http")]
+    pub http: Spanned<String>,
+    /// Admin listener (metrics, probes). Default `127.0.0.1:9901`.
+    #[serde(default = "default_admin")]
+    pub admin: Spanned<String>,
+    /// Port written into the HTTPS redirect; default: the port of `https`.
+    #[serde(default)]
+    pub redirect_https_port: Option<u16>,
+}
+
+fn default_https() -> Spanned<String> {
+    Spanned::new(0..0, "0.0.0.0:8443".into())
+}
+fn default_http() -> Spanned<String> {
+    Spanned::new(0..0, "0.0.0.0:8080".into())
+}
+fn default_admin() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9901".into())
+}
+
+impl Default for ListenersConf {
+    fn default() -> Self {
+        Self {
+            https: default_https(),
+            http: default_http(),
+            admin: default_admin(),
+            redirect_https_port: None,
+        }
+    }
+}
+
+/// TLS termination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConf {
+    /// `Strict-Transport-Security` max-age in seconds; 0 disables the header. Default 31536000.
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age: u64,
+    /// Add `includeSubDomains` to HSTS. Default false.
+    #[serde(default)]
+    pub hsts_include_subdomains: bool,
+    /// Certificate/key pairs; exactly one is the default.
+    pub certificates: Vec<Spanned<CertificateConf>>,
+}
+
+fn default_hsts() -> u64 {
+    31_536_000
+}
+
+/// One certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConf {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// PEM certificate chain, leaf first; relative to the config file's directory.
+    pub cert: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); relative to the config file's directory.
+    pub key: Spanned<String>,
+    /// SNI names served (exact or `*.example.com`); default: the certificate's DNS SANs.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Served when SNI is absent or matches no certificate. Default false (the first one if none is).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// Request size limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConf {
+    /// Largest request body in bytes (413 above). Default 10485760 (10 MiB).
+    #[serde(default = "default_body")]
+    pub max_body_bytes: u64,
+    /// Largest request header block in bytes, names + values (431 above). Default 32768.
+    #[serde(default = "default_header")]
+    pub max_header_bytes: usize,
+}
+
+fn default_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_header() -> usize {
+    32 * 1024
+}
+
+impl Default for LimitsConf {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_body(),
+            max_header_bytes: default_header(),
+        }
+    }
+}
+
+/// Load-balancing algorithm of a pool.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceConf {
+    /// Rotate over healthy peers.
+    #[default]
+    RoundRobin,
+    /// Ketama hash of the client IP: a client sticks to one peer while it is healthy.
+    ConsistentHash,
+}
+
+/// An upstream pool.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConf {
+    /// Peer addresses `ip:port` (or `host:port`, resolved once at load).
+    pub peers: Vec<String>,
+    /// Default `round_robin`.
+    #[serde(default)]
+    pub balance: BalanceConf,
+    /// Path probed with GET by the active health check; empty = TCP connect only. Default `/healthz`.
+    #[serde(default = "default_hc_path")]
+    pub health_check_path: String,
+    /// Milliseconds between health checks. Default 5000.
+    #[serde(default = "default_hc_interval")]
+    pub health_check_interval_ms: u64,
+    /// TCP connect timeout, ms. Default 1000.
+    #[serde(default = "default_connect")]
+    pub connect_timeout_ms: u64,
+    /// Timeout waiting for each read from the peer (including the response head), ms → 504. Default 30000.
+    #[serde(default = "default_read")]
+    pub read_timeout_ms: u64,
+    /// Timeout for each write to the peer, ms. Default 30000.
+    #[serde(default = "default_read")]
+    pub write_timeout_ms: u64,
+    /// Connect plus (for TLS peers) handshake, ms. Default 2000.
+    #[serde(default = "default_total_connect")]
+    pub total_connect_timeout_ms: u64,
+    /// How long an idle upstream keep-alive connection is kept, ms. Default 60000.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
+    /// Extra attempts on another peer after a connect failure. Default 1.
+    #[serde(default = "default_retries")]
+    pub retries: u8,
+    /// After a failed connect the peer is skipped for this long (passive health), ms. Default 10000.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout_ms: u64,
+}
+
+fn default_hc_path() -> String {
+    "/healthz".into()
+}
+fn default_hc_interval() -> u64 {
+    5_000
+}
+fn default_connect() -> u64 {
+    1_000
+}
+fn default_read() -> u64 {
+    30_000
+}
+fn default_total_connect() -> u64 {
+    2_000
+}
+fn default_idle() -> u64 {
+    60_000
+}
+fn default_retries() -> u8 {
+    1
+}
+fn default_fail_timeout() -> u64 {
+    10_000
+}
+
+/// What a route does with a matching request.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteKindConf {
+    /// Reverse-proxy to `upstream`.
+    Proxy,
+    /// Serve files from `root`.
+    Static,
+}
+
+/// One route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConf {
+    /// Name used in logs and metric labels.
+    pub name: String,
+    /// Path prefix, matched on whole segments (`/api` matches `/api` and `/api/x`, not `/apix`).
+    pub prefix: String,
+    /// Only for this `Host` (port ignored, case-insensitive); default: any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `proxy` or `static`.
+    pub kind: RouteKindConf,
+    /// Pool name, for `proxy` routes.
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    /// Remove `prefix` from the path sent upstream. Default false.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Directory served, for `static` routes; relative to the config file's directory.
+    #[serde(default)]
+    pub root: Option<Spanned<String>>,
+}

@@ -1,0 +1,373 @@
+//! Configuration: file types → validation → the compiled [`Runtime`].
+//!
+//! [`load`] is the single entry point used by `gateway check`, `gateway run` and (later) hot
+//! reload, so all three accept and refuse exactly the same files. Validation never stops at the
+//! first problem: every problem is collected with its `file:line:column` and reported together.
+
+pub mod file;
+
+use crate::route::{Route, RouteKind};
+use crate::runtime::{Limits, Listeners, Process, Runtime};
+use crate::tls::{CertSet, LoadedCert};
+use crate::upstream::Pool;
+use file::{GatewayConf, RouteKindConf};
+use serde_spanned::Spanned;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One thing wrong with a config file, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `file:line:column`, or just the file when no position is known.
+    pub location: String,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file itself could not be read.
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but has problems; all of them are listed.
+    #[error("{}", display_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn display_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    format!(
+        "{} problem(s) in config:\n{}",
+        problems.len(),
+        lines.join("\n")
+    )
+}
+
+impl ConfigError {
+    /// The problems, for callers that report them one by one.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Read { path, source } => vec![Problem {
+                location: path.clone(),
+                message: format!("cannot read config: {source}"),
+            }],
+            ConfigError::Invalid(p) => p.clone(),
+        }
+    }
+}
+
+/// Maps byte offsets of the source text to `file:line:column`.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn at(&self, offset: usize) -> String {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!("{}:{}:{}", self.file, line, col)
+    }
+
+    /// A problem at `span`'s start, or at the file when the value was defaulted (empty span).
+    fn problem<T>(&self, spanned: &Spanned<T>, message: impl Into<String>) -> Problem {
+        let span = spanned.span();
+        let location = if span.is_empty() && span.start == 0 {
+            self.file.to_string()
+        } else {
+            self.at(span.start)
+        };
+        Problem {
+            location,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads, validates and compiles the config at `path`.
+///
+/// `previous` is the runtime currently serving, if any: pools whose definition did not change are
+/// reused from it so their health state survives a reload.
+pub fn load(path: &Path, previous: Option<&Runtime>) -> Result<Runtime, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    compile(&file, &text, &base, previous)
+}
+
+/// Validates and compiles config `text` (named `file` in messages; relative paths resolve
+/// against `base`).
+pub fn compile(
+    file: &str,
+    text: &str,
+    base: &Path,
+    previous: Option<&Runtime>,
+) -> Result<Runtime, ConfigError> {
+    let src = Source { file, text };
+    let conf: GatewayConf = match toml::from_str(text) {
+        Ok(c) => c,
+        Err(e) => {
+            let location = e
+                .span()
+                .map_or_else(|| file.to_string(), |s| src.at(s.start));
+            return Err(ConfigError::Invalid(vec![Problem {
+                location,
+                message: e.message().trim().to_string(),
+            }]));
+        }
+    };
+    let mut problems = Vec::new();
+    let rt = build(&conf, &src, base, previous, &mut problems);
+    match rt {
+        Some(rt) if problems.is_empty() => Ok(rt),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn check_addr(src: &Source, addr: &Spanned<String>, what: &str, problems: &mut Vec<Problem>) {
+    if let Err(e) = addr.get_ref().parse::<SocketAddr>() {
+        problems.push(src.problem(
+            addr,
+            format!(
+                "{what} listener `{}` is not an ip:port address: {e}",
+                addr.get_ref()
+            ),
+        ));
+    }
+}
+
+fn build(
+    conf: &GatewayConf,
+    src: &Source,
+    base: &Path,
+    previous: Option<&Runtime>,
+    problems: &mut Vec<Problem>,
+) -> Option<Runtime> {
+    // Listeners.
+    let l = &conf.listeners;
+    check_addr(src, &l.https, "https", problems);
+    check_addr(src, &l.admin, "admin", problems);
+    if !l.http.get_ref().is_empty() {
+        check_addr(src, &l.http, "http", problems);
+    }
+    let https_port = l
+        .https
+        .get_ref()
+        .parse::<SocketAddr>()
+        .map(|a| a.port())
+        .unwrap_or(443);
+    let listeners = Listeners {
+        https: l.https.get_ref().clone(),
+        http: Some(l.http.get_ref().clone()).filter(|s| !s.is_empty()),
+        admin: l.admin.get_ref().clone(),
+        redirect_https_port: l.redirect_https_port.unwrap_or(https_port),
+    };
+
+    // Certificates.
+    let mut certs = Vec::new();
+    if conf.tls.certificates.is_empty() {
+        problems.push(Problem {
+            location: src.file.to_string(),
+            message: "[tls] needs at least one [[tls.certificates]] entry".into(),
+        });
+    }
+    let defaults = conf
+        .tls
+        .certificates
+        .iter()
+        .filter(|c| c.get_ref().default)
+        .count();
+    if defaults > 1 {
+        problems.push(Problem {
+            location: src.file.to_string(),
+            message: format!(
+                "{defaults} certificates are marked `default = true`; at most one may be"
+            ),
+        });
+    }
+    for c in &conf.tls.certificates {
+        let cc = c.get_ref();
+        let cert_path = resolve(base, cc.cert.get_ref());
+        let key_path = resolve(base, cc.key.get_ref());
+        match LoadedCert::try_load(&cc.name, &cert_path, &key_path, &cc.server_names) {
+            Ok(loaded) => certs.push((loaded, cc.default)),
+            Err(e) => {
+                let at = if e.is_about_key() { &cc.key } else { &cc.cert };
+                problems.push(src.problem(at, format!("certificate `{}`: {e}", cc.name)));
+            }
+        }
+    }
+    let cert_set = CertSet::new(certs);
+
+    // Pools.
+    let mut pools: HashMap<String, Arc<Pool>> = HashMap::new();
+    for (name, up) in &conf.upstreams {
+        let reused = previous
+            .and_then(|p| p.pools.get(name))
+            .filter(|p| p.conf == *up.get_ref())
+            .cloned();
+        match reused {
+            Some(pool) => {
+                pools.insert(name.clone(), pool);
+            }
+            None => match Pool::try_from_conf(name, up.get_ref()) {
+                Ok(pool) => {
+                    pools.insert(name.clone(), Arc::new(pool));
+                }
+                Err(e) => problems.push(src.problem(up, format!("upstream `{name}`: {e}"))),
+            },
+        }
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for r in &conf.routes {
+        let rc = r.get_ref();
+        if !names.insert(rc.name.clone()) {
+            problems.push(src.problem(r, format!("route name `{}` is used twice", rc.name)));
+        }
+        if !rc.prefix.starts_with('/') {
+            problems.push(src.problem(
+                r,
+                format!(
+                    "route `{}`: prefix `{}` must start with `/`",
+                    rc.name, rc.prefix
+                ),
+            ));
+        }
+        let kind = match rc.kind {
+            RouteKindConf::Proxy => {
+                if rc.root.is_some() {
+                    problems.push(src.problem(
+                        r,
+                        format!("route `{}`: `root` is only for static routes", rc.name),
+                    ));
+                }
+                match &rc.upstream {
+                    None => {
+                        problems.push(src.problem(
+                            r,
+                            format!("route `{}`: a proxy route needs `upstream`", rc.name),
+                        ));
+                        None
+                    }
+                    Some(up) => match pools.get(up.get_ref()) {
+                        Some(pool) => Some(RouteKind::Proxy {
+                            pool: pool.clone(),
+                            strip_prefix: rc.strip_prefix,
+                        }),
+                        None if conf.upstreams.contains_key(up.get_ref()) => None,
+                        None => {
+                            problems.push(src.problem(
+                                up,
+                                format!(
+                                    "route `{}`: upstream `{}` is not defined in [upstreams]",
+                                    rc.name,
+                                    up.get_ref()
+                                ),
+                            ));
+                            None
+                        }
+                    },
+                }
+            }
+            RouteKindConf::Static => match &rc.root {
+                None => {
+                    problems.push(src.problem(
+                        r,
+                        format!("route `{}`: a static route needs `root`", rc.name),
+                    ));
+                    None
+                }
+                Some(root) => {
+                    let dir = resolve(base, root.get_ref());
+                    if dir.is_dir() {
+                        Some(RouteKind::Static { root: dir })
+                    } else {
+                        problems.push(src.problem(
+                            root,
+                            format!(
+                                "route `{}`: root directory {} does not exist",
+                                rc.name,
+                                dir.display()
+                            ),
+                        ));
+                        None
+                    }
+                }
+            },
+        };
+        if let Some(kind) = kind {
+            routes.push(Route::new(&rc.name, &rc.prefix, rc.host.as_deref(), kind));
+        }
+    }
+
+    let threads = if conf.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        conf.threads
+    };
+    let hsts = (conf.tls.hsts_max_age > 0).then(|| {
+        let mut v = format!("max-age={}", conf.tls.hsts_max_age);
+        if conf.tls.hsts_include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        v
+    });
+
+    let certs = cert_set?;
+    if !problems.is_empty() {
+        return None;
+    }
+    Some(Runtime {
+        generation: previous.map_or(1, |p| p.generation + 1),
+        routes,
+        pools,
+        certs,
+        hsts,
+        limits: Limits {
+            max_body_bytes: conf.limits.max_body_bytes,
+            max_header_bytes: conf.limits.max_header_bytes,
+        },
+        listeners,
+        threads,
+        process: Process {
+            shutdown_grace_seconds: conf.process.shutdown_grace_seconds,
+            shutdown_timeout_seconds: conf.process.shutdown_timeout_seconds,
+            upgrade_sock: conf.process.upgrade_sock.clone(),
+            pid_file: conf.process.pid_file.clone(),
+            upstream_keepalive_pool_size: conf.process.upstream_keepalive_pool_size,
+        },
+    })
+}

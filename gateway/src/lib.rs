@@ -1,0 +1,22 @@
+//! Edge gateway on pingora: TLS termination with SNI certificates, `/api` reverse proxy with
+//! health-checked pools, static files, admin metrics and probes.
+//!
+//! The binary (`main.rs`) only parses the command line; everything else is here so tests and
+//! benches link the same code. Start at [`proxy`] for the request path and [`config`] for how a
+//! file becomes a [`runtime::Runtime`].
+
+pub mod admin;
+pub mod certs;
+pub mod config;
+pub mod hygiene;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod redirect;
+pub mod request_id;
+pub mod response;
+pub mod route;
+pub mod runtime;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,110 @@
+//! `gateway` command line: `run`, `check`, `certs dev`. Thin by design; see the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Edge gateway on pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file (refused before any port is bound if invalid).
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/gateway.toml")]
+        config: PathBuf,
+        /// Take the listening sockets over from a running instance (graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Validate a config file exactly as `run` would; print every problem.
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = "conf/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Certificate tooling.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a local CA and a server certificate for localhost, 127.0.0.1 and ::1.
+    Dev {
+        /// Output directory.
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match gateway::config::load(&config, None) {
+            Ok(rt) => {
+                println!(
+                    "{}: ok ({} routes, {} pools, {} certificates)",
+                    config.display(),
+                    rt.routes.len(),
+                    rt.pools.len(),
+                    rt.certs.certs.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            gateway::logging::init();
+            let rt = match gateway::config::load(&config, None) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let flags = gateway::server::RunFlags { upgrade, daemon };
+            gateway::server::build(rt, &flags).run_forever()
+        }
+        Command::Certs {
+            command: CertsCommand::Dev { dir },
+        } => match gateway::certs::ensure_dev(&dir) {
+            Ok(out) => {
+                let what = if out.changed {
+                    "written"
+                } else {
+                    "already present"
+                };
+                println!("dev certificates {what} in {}", dir.display());
+                println!("  CA (trust this): {}", out.ca.display());
+                println!(
+                    "  server:          {} + {}",
+                    out.cert.display(),
+                    out.key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway certs dev: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

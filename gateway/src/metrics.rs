@@ -1,0 +1,108 @@
+//! Prometheus metrics: the only global state of the gateway.
+//!
+//! Labels are configured names (route, pool) and status classes — never raw paths or user
+//! data — so cardinality is bounded by the config.
+
+use once_cell::sync::Lazy;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use std::time::Duration;
+
+/// The registry served on the admin listener.
+pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    // Registration fails only on a duplicate name, which is a programming error caught in tests.
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+/// Requests by route and status class.
+pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_requests_total",
+                "Requests handled, by route and status class",
+            ),
+            &["route", "status"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Request duration by route.
+pub static DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request start to logging, by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Upstream errors by pool and kind (`connect`, `timeout`, `bad_gateway`).
+pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_upstream_errors_total",
+                "Upstream failures by pool and kind",
+            ),
+            &["pool", "kind"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Generation of the config in force.
+pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
+    register(
+        IntGauge::new(
+            "gateway_config_generation",
+            "Generation of the config in force",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// Records one finished request (called from the `logging` phase).
+pub fn record_request(route: &str, status: u16, elapsed: Duration) {
+    REQUESTS
+        .with_label_values(&[route, status_class(status)])
+        .inc();
+    DURATION
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// The registry in Prometheus text format.
+pub fn render() -> Vec<u8> {
+    Lazy::force(&REQUESTS);
+    Lazy::force(&DURATION);
+    Lazy::force(&UPSTREAM_ERRORS);
+    Lazy::force(&CONFIG_GENERATION);
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
+    out
+}

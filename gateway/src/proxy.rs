@@ -1,0 +1,312 @@
+//! The `ProxyHttp` implementation: a dispatcher over one module per concern.
+//!
+//! | phase | what runs | module |
+//! |---|---|---|
+//! | `new_ctx` | take the runtime snapshot (one per request) | here |
+//! | `request_filter` | request id → size limits (431/413) → route match (404) → static answer, or fall through to the proxy | [`hygiene`](crate::hygiene), [`route`](crate::route) |
+//! | `request_body_filter` | count body bytes against the limit (413 for chunked bodies) | here |
+//! | `upstream_peer` | pick a healthy peer of the route's pool; on retry, another one | [`upstream`](crate::upstream) |
+//! | `upstream_request_filter` | hop-by-hop stripping, `X-Forwarded-*`, request id, prefix strip | [`upstream`](crate::upstream) |
+//! | `fail_to_connect` | passive failure marking, one retry on another peer | [`upstream`](crate::upstream) |
+//! | `response_filter` | HSTS, request id echo, hide upstream `Server` | [`response`](crate::response) |
+//! | `fail_to_proxy` | JSON 502/504/413 | [`response`](crate::response) |
+//! | `logging` | metrics | [`metrics`](crate::metrics) |
+//!
+//! Cheapest rejection first; a 4xx written by the gateway returns `Ok(true)` — it is traffic,
+//! not an error.
+
+use crate::route::RouteKind;
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::{hygiene, metrics, request_id, response, upstream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state. Holds the runtime snapshot taken when the request started.
+pub struct Ctx {
+    /// The config generation this request runs under, start to finish.
+    pub rt: Arc<Runtime>,
+    /// Sent upstream and echoed as `X-Request-Id`.
+    pub request_id: String,
+    /// Index of the matched route in `rt.routes`.
+    pub route: Option<usize>,
+    /// Client IP as text.
+    pub client_ip: String,
+    /// Peer of the last attempt (excluded on retry).
+    pub peer: Option<PeerAddr>,
+    /// Connect attempts so far.
+    pub attempts: u8,
+    /// Request body bytes seen.
+    pub body_bytes: u64,
+    /// Status sent downstream (0 until known).
+    pub status: u16,
+    /// When the request started.
+    pub started: Instant,
+}
+
+/// The gateway's proxy service logic.
+pub struct Gateway {
+    runtime: SharedRuntime,
+}
+
+impl Gateway {
+    /// Proxy logic over the shared runtime.
+    pub fn new(runtime: SharedRuntime) -> Self {
+        Self { runtime }
+    }
+}
+
+/// Host the client asked for: `Host` (HTTP/1.1) or the URI authority (HTTP/2).
+fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// `host` without its port, for matching (IPv6 literals keep their brackets).
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            rt: self.runtime.load_full(),
+            request_id: String::new(),
+            route: None,
+            client_ip: String::new(),
+            peer: None,
+            attempts: 0,
+            body_bytes: 0,
+            status: 0,
+            started: Instant::now(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id =
+            request_id::from_client(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+
+        if let Err(rejection) = hygiene::request_filter(req, &ctx.rt.limits) {
+            // The body (if any) was not read: close rather than reuse a desynchronised stream.
+            response::write_error(session, ctx, rejection.status(), true).await?;
+            return Ok(true);
+        }
+
+        let req = session.req_header();
+        let host = host_without_port(request_host(req)).to_ascii_lowercase();
+        let rt = ctx.rt.clone();
+        let Some(idx) = rt
+            .routes
+            .iter()
+            .position(|r| r.matches(&host, req.uri.path()))
+        else {
+            response::write_error(session, ctx, 404, false).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(idx);
+        match &rt.routes[idx].kind {
+            RouteKind::Proxy { .. } => Ok(false),
+            RouteKind::Static { .. } => {
+                response::write_error(session, ctx, 404, false).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > ctx.rt.limits.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let rt = ctx.rt.clone();
+        let pool = match ctx.route.map(|i| &rt.routes[i].kind) {
+            Some(RouteKind::Proxy { pool, .. }) => pool,
+            _ => return Error::e_explain(ErrorType::InternalError, "no proxy route"),
+        };
+        ctx.attempts += 1;
+        let key = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let Some(addr) = pool.select(key.as_bytes(), ctx.peer.as_ref()) else {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                format!("pool {} has no healthy peer", pool.name),
+            );
+        };
+        let peer = pool.peer(&addr).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "peer is not an inet address")
+        })?;
+        ctx.peer = Some(addr);
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let rt = ctx.rt.clone();
+        let new_path = match ctx.route.map(|i| &rt.routes[i]) {
+            Some(route) => match &route.kind {
+                RouteKind::Proxy {
+                    strip_prefix: true, ..
+                } => {
+                    let pq = upstream_request
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str());
+                    Some(route.strip(pq).to_string())
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        let host = request_host(session.req_header()).to_string();
+        upstream::upstream_request_filter(
+            upstream_request,
+            &upstream::Forwarding {
+                client_ip: &ctx.client_ip,
+                host: &host,
+                request_id: &ctx.request_id,
+                new_path: new_path.as_deref(),
+                upgrade: session.is_upgrade_req(),
+            },
+        );
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(RouteKind::Proxy { pool, .. }) = ctx.route.map(|i| &ctx.rt.routes[i].kind) else {
+            return e;
+        };
+        if let Some(addr) = &ctx.peer {
+            pool.mark_failed(addr);
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[pool.name.as_str(), "connect"])
+                .inc();
+        }
+        // Nothing was sent yet, so a retry on another peer is safe for any method.
+        if ctx.attempts <= pool.conf.retries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        response::response_filter(upstream_response, ctx);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    ErrorType::ReadTimedout => 408,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code == 504 || code == 502 {
+            if let Some(RouteKind::Proxy { pool, .. }) = ctx.route.map(|i| &ctx.rt.routes[i].kind) {
+                let kind = if code == 504 {
+                    "timeout"
+                } else {
+                    "bad_gateway"
+                };
+                metrics::UPSTREAM_ERRORS
+                    .with_label_values(&[pool.name.as_str(), kind])
+                    .inc();
+            }
+        }
+        if code > 0 && session.response_written().is_none() {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = request_id::from_client(None);
+            }
+            if let Err(we) = response::write_error(session, ctx, code, true).await {
+                tracing::debug!(error = %we, "could not write error response");
+            }
+        }
+        ctx.status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map_or(ctx.status, |r| r.status.as_u16());
+        let route = ctx.route.map_or("none", |i| ctx.rt.routes[i].name.as_str());
+        metrics::record_request(route, status, ctx.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_is_removed() {
+        assert_eq!(host_without_port("example.com:8443"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:8443"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+    }
+}

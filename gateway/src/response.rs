@@ -1,0 +1,93 @@
+//! Responses the gateway writes itself, and `response_filter` for proxied ones.
+//!
+//! Expected rejections (404, 413, 431, 502, 504…) are ordinary responses: a small JSON body
+//! `{"error":"…","request_id":"…"}`, the request id echoed, HSTS, `Cache-Control: no-store`.
+
+use crate::proxy::Ctx;
+use bytes::Bytes;
+use pingora_core::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// The machine-readable error name for a status the gateway produces.
+pub fn error_name(status: u16) -> &'static str {
+    match status {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        431 => "request_header_fields_too_large",
+        502 => "bad_gateway",
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        _ if status >= 500 => "internal_error",
+        _ => "error",
+    }
+}
+
+/// Builds the JSON body of an error. Request ids are validated tokens, so no escaping needed.
+pub fn error_body(error: &str, request_id: &str) -> Bytes {
+    Bytes::from(format!(
+        "{{\"error\":\"{error}\",\"request_id\":\"{request_id}\"}}"
+    ))
+}
+
+/// Adds the headers every HTTPS response carries: HSTS and the request id.
+pub fn add_common_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
+    if let Some(hsts) = &ctx.rt.hsts {
+        let _ = resp.insert_header("Strict-Transport-Security", hsts.as_str());
+    }
+    let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
+}
+
+/// Writes a JSON error response. `close` drops the connection afterwards (used when the
+/// request body was not read, so the connection can't be reused safely).
+pub async fn write_error(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    close: bool,
+) -> Result<()> {
+    let body = error_body(error_name(status), &ctx.request_id);
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header("Content-Type", "application/json")?;
+    resp.insert_header("Content-Length", body.len().to_string())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    add_common_headers(&mut resp, ctx);
+    if close {
+        resp.insert_header("Connection", "close")?;
+        session.set_keepalive(None);
+    }
+    ctx.status = status;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// `response_filter` for proxied responses: hide upstream software, add our headers.
+pub fn response_filter(resp: &mut ResponseHeader, ctx: &mut Ctx) {
+    resp.remove_header("Server");
+    resp.remove_header("X-Powered-By");
+    add_common_headers(resp, ctx);
+    ctx.status = resp.status.as_u16();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_is_json() {
+        let b = error_body("bad_gateway", "abc-1");
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(v["error"], "bad_gateway");
+        assert_eq!(v["request_id"], "abc-1");
+    }
+}

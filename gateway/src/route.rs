@@ -1,0 +1,115 @@
+//! Routes: ordered prefix (+ optional host) matching.
+//!
+//! Prefixes match on whole path segments so `/api` never captures `/apix`. The list is short
+//! and ordered like the config, so a linear scan beats any index and keeps "first match wins"
+//! obvious to operators.
+
+use crate::upstream::Pool;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What a matched route does.
+#[derive(Debug)]
+pub enum RouteKind {
+    /// Proxy to a pool.
+    Proxy {
+        /// The pool.
+        pool: Arc<Pool>,
+        /// Remove the route prefix before forwarding.
+        strip_prefix: bool,
+    },
+    /// Serve files from a directory.
+    Static {
+        /// The directory.
+        root: PathBuf,
+    },
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Configured name; the only route label used in metrics and logs.
+    pub name: String,
+    /// Prefix without a trailing slash (`""` for `/`).
+    prefix: String,
+    host: Option<String>,
+    /// What to do.
+    pub kind: RouteKind,
+}
+
+impl Route {
+    /// Compiles a route; `prefix` must start with `/`.
+    pub fn new(name: &str, prefix: &str, host: Option<&str>, kind: RouteKind) -> Self {
+        Self {
+            name: name.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            host: host.map(str::to_ascii_lowercase),
+            kind,
+        }
+    }
+
+    /// Whether `host` (lower-case, no port) and `path` fall under this route.
+    pub fn matches(&self, host: &str, path: &str) -> bool {
+        if let Some(h) = &self.host {
+            if h != host {
+                return false;
+            }
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// `path` with this route's prefix removed (never empty: at least `/`).
+    pub fn strip<'a>(&self, path: &'a str) -> &'a str {
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some("") => "/",
+            Some(rest) => rest,
+            None => path,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(prefix: &str, host: Option<&str>) -> Route {
+        Route::new(
+            "t",
+            prefix,
+            host,
+            RouteKind::Static {
+                root: PathBuf::from("."),
+            },
+        )
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        let api = r("/api", None);
+        assert!(api.matches("x", "/api"));
+        assert!(api.matches("x", "/api/"));
+        assert!(api.matches("x", "/api/expenses"));
+        assert!(!api.matches("x", "/apix"));
+        assert!(!api.matches("x", "/"));
+        let root = r("/", None);
+        assert!(root.matches("x", "/"));
+        assert!(root.matches("x", "/anything/at/all"));
+    }
+
+    #[test]
+    fn host_must_match_when_set() {
+        let h = r("/", Some("Example.COM"));
+        assert!(h.matches("example.com", "/a"));
+        assert!(!h.matches("other.com", "/a"));
+    }
+
+    #[test]
+    fn strip_keeps_a_leading_slash() {
+        let api = r("/api/", None);
+        assert_eq!(api.strip("/api"), "/");
+        assert_eq!(api.strip("/api/x?y"), "/x?y");
+    }
+}

@@ -1,0 +1,82 @@
+//! The compiled runtime snapshot every request reads.
+//!
+//! A [`Runtime`] is immutable once built by [`crate::config::load`]; a reload builds a new one
+//! aside and swaps it into the one [`SharedRuntime`]. A request takes its snapshot once, when
+//! its context is created, so it never sees two config generations.
+
+use crate::route::Route;
+use crate::tls::CertSet;
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The one swappable pointer to the current runtime.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted request body (413 above).
+    pub max_body_bytes: u64,
+    /// Largest accepted header block, names + values (431 above).
+    pub max_header_bytes: usize,
+}
+
+/// Listener addresses; these only change with a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// HTTPS `ip:port`.
+    pub https: String,
+    /// Plain-HTTP redirect `ip:port`, if enabled.
+    pub http: Option<String>,
+    /// Admin `ip:port`.
+    pub admin: String,
+    /// Port written into HTTPS redirects.
+    pub redirect_https_port: u16,
+}
+
+/// Process settings (restart required to change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    /// Seconds between SIGTERM and closing listeners.
+    pub shutdown_grace_seconds: u64,
+    /// Seconds in-flight requests get after listeners close.
+    pub shutdown_timeout_seconds: u64,
+    /// Upgrade socket path.
+    pub upgrade_sock: String,
+    /// PID file path.
+    pub pid_file: String,
+    /// Idle upstream connections kept per thread.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+/// Everything a request needs, compiled from one config generation.
+#[derive(Debug)]
+pub struct Runtime {
+    /// 1 for the first config, +1 per successful reload.
+    pub generation: u64,
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Upstream pools by name.
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// Certificates for SNI selection.
+    pub certs: CertSet,
+    /// `Strict-Transport-Security` value, if enabled.
+    pub hsts: Option<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Listener addresses (restart required to change).
+    pub listeners: Listeners,
+    /// Proxy worker threads (restart required to change).
+    pub threads: usize,
+    /// Process settings (restart required to change).
+    pub process: Process,
+}
+
+impl Runtime {
+    /// First route matching `host` (without port, lower-case) and `path`.
+    pub fn match_route(&self, host: &str, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(host, path))
+    }
+}

@@ -1,0 +1,80 @@
+//! Assembles the pingora server: the HTTPS proxy service, the plain-HTTP redirect, the admin
+//! listener and the health checker, all reading one [`SharedRuntime`].
+
+use crate::admin::Admin;
+use crate::proxy::Gateway;
+use crate::redirect::Redirect;
+use crate::runtime::{Runtime, SharedRuntime};
+use crate::upstream::HealthService;
+use arc_swap::ArcSwap;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+
+/// Command-line switches that reach pingora.
+#[derive(Debug, Default, Clone)]
+pub struct RunFlags {
+    /// Take listening sockets over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+    /// Detach into the background.
+    pub daemon: bool,
+}
+
+/// Builds the pingora server for `runtime`; `run_forever` on the result serves.
+pub fn build(runtime: Runtime, flags: &RunFlags) -> Server {
+    let p = runtime.process.clone();
+    let conf = ServerConf {
+        threads: runtime.threads,
+        grace_period_seconds: Some(p.shutdown_grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout_seconds),
+        upgrade_sock: p.upgrade_sock,
+        pid_file: p.pid_file,
+        upstream_keepalive_pool_size: p.upstream_keepalive_pool_size,
+        daemon: flags.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        ..Opt::default()
+    };
+    let listeners = runtime.listeners.clone();
+    crate::metrics::CONFIG_GENERATION.set(runtime.generation as i64);
+    let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
+
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "gateway https",
+    );
+    proxy.add_tls_with_settings(
+        &listeners.https,
+        None,
+        crate::tls::listener_settings(shared.clone()),
+    );
+    server.add_service(proxy);
+
+    if let Some(http) = &listeners.http {
+        let mut redirect = Service::new(
+            "gateway http redirect".into(),
+            Redirect::new(shared.clone()),
+        );
+        redirect.add_tcp(http);
+        server.add_service(redirect);
+    }
+
+    let mut admin = Service::new("gateway admin".into(), Admin::new(shared.clone()));
+    admin.add_tcp(&listeners.admin);
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "upstream health",
+        HealthService::new(shared),
+    ));
+    server
+}

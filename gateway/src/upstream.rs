@@ -1,0 +1,431 @@
+//! Upstream pools: peer selection (`upstream_peer`), request rewriting
+//! (`upstream_request_filter`), active and passive health.
+//!
+//! Selection uses pingora-load-balancing (round robin or Ketama) over peers that pass both
+//! the active HTTP health check and our passive marking: a peer that refused a connection is
+//! skipped for `fail_timeout_ms`, the way nginx's `max_fails=1 fail_timeout` does, so one dead
+//! peer costs at most one retried request per window instead of one per request.
+
+use crate::config::file::{BalanceConf, UpstreamConf};
+use crate::runtime::SharedRuntime;
+use async_trait::async_trait;
+use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::selection::{Consistent, RoundRobin};
+use pingora_load_balancing::{Backend, LoadBalancer};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Why a pool definition was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no peers")]
+    NoPeers,
+    #[error("peer `{0}` does not resolve to an address: {1}")]
+    BadPeer(String, String),
+    #[error("health_check_path `{0}` must start with `/`")]
+    BadHealthPath(String),
+}
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Consistent(LoadBalancer<Consistent>),
+}
+
+impl Balancer {
+    fn select_with<F: Fn(&Backend, bool) -> bool>(&self, key: &[u8], accept: F) -> Option<Backend> {
+        match self {
+            Balancer::RoundRobin(lb) => lb.select_with(key, 256, accept),
+            Balancer::Consistent(lb) => lb.select_with(key, 256, accept),
+        }
+    }
+
+    fn backends(&self) -> &pingora_load_balancing::Backends {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        }
+    }
+}
+
+/// A compiled upstream pool. Kept across reloads while its definition is unchanged.
+pub struct Pool {
+    /// Configured name.
+    pub name: String,
+    /// The definition it was built from (compared on reload).
+    pub conf: UpstreamConf,
+    balancer: Balancer,
+    /// Per peer: passive "down until" in ms since `epoch` (0 = up).
+    down_until: Vec<(PeerAddr, AtomicU64)>,
+    epoch: Instant,
+    last_check: Mutex<Option<Instant>>,
+    timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    total_connect: Duration,
+    read: Duration,
+    write: Duration,
+    idle: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("peers", &self.conf.peers)
+            .finish()
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl Pool {
+    /// Builds a pool; peer host names are resolved once, here.
+    pub fn try_from_conf(name: &str, conf: &UpstreamConf) -> Result<Self, PoolError> {
+        if conf.peers.is_empty() {
+            return Err(PoolError::NoPeers);
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for p in &conf.peers {
+            let a = p
+                .to_socket_addrs()
+                .map_err(|e| PoolError::BadPeer(p.clone(), e.to_string()))?
+                .next()
+                .ok_or_else(|| PoolError::BadPeer(p.clone(), "no address".into()))?;
+            addrs.push(a);
+        }
+        let hc_path = conf.health_check_path.as_str();
+        if !hc_path.is_empty() && !hc_path.starts_with('/') {
+            return Err(PoolError::BadHealthPath(hc_path.into()));
+        }
+        let health: Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> =
+            if hc_path.is_empty() {
+                let mut tcp = TcpHealthCheck::new();
+                tcp.peer_template.options.connection_timeout = Some(ms(conf.connect_timeout_ms));
+                tcp
+            } else {
+                let mut http = HttpHealthCheck::new("localhost", false);
+                let mut req = RequestHeader::build("GET", hc_path.as_bytes(), None)
+                    .map_err(|_| PoolError::BadHealthPath(hc_path.into()))?;
+                let _ = req.insert_header("Host", "localhost");
+                let _ = req.insert_header("User-Agent", "gateway-health-check");
+                http.req = req;
+                http.peer_template.options.connection_timeout = Some(ms(conf.connect_timeout_ms));
+                http.peer_template.options.read_timeout = Some(ms(conf
+                    .read_timeout_ms
+                    .min(conf.health_check_interval_ms.max(1000))));
+                Box::new(http)
+            };
+        let balancer = match conf.balance {
+            BalanceConf::RoundRobin => {
+                let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(addrs.iter())
+                    .map_err(|e| PoolError::BadPeer(conf.peers.join(","), e.to_string()))?;
+                lb.set_health_check(health);
+                Balancer::RoundRobin(lb)
+            }
+            BalanceConf::ConsistentHash => {
+                let mut lb = LoadBalancer::<Consistent>::try_from_iter(addrs.iter())
+                    .map_err(|e| PoolError::BadPeer(conf.peers.join(","), e.to_string()))?;
+                lb.set_health_check(health);
+                Balancer::Consistent(lb)
+            }
+        };
+        let down_until = addrs
+            .iter()
+            .map(|a| (PeerAddr::Inet(*a), AtomicU64::new(0)))
+            .collect();
+        Ok(Self {
+            name: name.to_string(),
+            conf: conf.clone(),
+            balancer,
+            down_until,
+            epoch: Instant::now(),
+            last_check: Mutex::new(None),
+            timeouts: Timeouts {
+                connect: ms(conf.connect_timeout_ms),
+                total_connect: ms(conf.total_connect_timeout_ms),
+                read: ms(conf.read_timeout_ms),
+                write: ms(conf.write_timeout_ms),
+                idle: ms(conf.idle_timeout_ms),
+            },
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn passively_down(&self, addr: &PeerAddr, now: u64) -> bool {
+        self.down_until
+            .iter()
+            .find(|(a, _)| a == addr)
+            .is_some_and(|(_, until)| until.load(Ordering::Relaxed) > now)
+    }
+
+    /// Marks `addr` as failed for `fail_timeout_ms` (passive health).
+    pub fn mark_failed(&self, addr: &PeerAddr) {
+        let until = self.now_ms() + self.conf.fail_timeout_ms;
+        if let Some((_, u)) = self.down_until.iter().find(|(a, _)| a == addr) {
+            u.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Picks a peer: healthy, not passively marked, not `exclude`. When every healthy peer is
+    /// passively marked, the marks are ignored rather than failing the request.
+    pub fn select(&self, key: &[u8], exclude: Option<&PeerAddr>) -> Option<PeerAddr> {
+        let now = self.now_ms();
+        let not_excluded = |b: &Backend| exclude != Some(&b.addr);
+        self.balancer
+            .select_with(key, |b, healthy| {
+                healthy && not_excluded(b) && !self.passively_down(&b.addr, now)
+            })
+            .or_else(|| {
+                self.balancer
+                    .select_with(key, |b, healthy| healthy && not_excluded(b))
+            })
+            .map(|b| b.addr)
+    }
+
+    /// Builds the pingora peer for `addr` with this pool's timeouts.
+    pub fn peer(&self, addr: &PeerAddr) -> Option<Box<HttpPeer>> {
+        let inet = addr.as_inet()?;
+        let mut peer = HttpPeer::new(*inet, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.total_connect);
+        o.read_timeout = Some(self.timeouts.read);
+        o.write_timeout = Some(self.timeouts.write);
+        o.idle_timeout = Some(self.timeouts.idle);
+        Some(Box::new(peer))
+    }
+
+    /// How many peers pass the active health check.
+    pub fn healthy_peers(&self) -> usize {
+        let backends = self.balancer.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .count()
+    }
+
+    /// Total peers.
+    pub fn peer_count(&self) -> usize {
+        self.down_until.len()
+    }
+
+    /// Runs one active health-check pass if the interval has elapsed.
+    async fn check_if_due(&self, now: Instant) {
+        {
+            let Ok(mut last) = self.last_check.lock() else {
+                return;
+            };
+            let interval = ms(self.conf.health_check_interval_ms);
+            if last.is_some_and(|t| now.duration_since(t) < interval) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.balancer.backends().run_health_check(true).await;
+    }
+}
+
+/// Background service running active health checks of every pool of the current runtime.
+///
+/// One task for all pools, driven by the live runtime, so pools added by a reload are checked
+/// without starting anything, and pools dropped by a reload stop being checked.
+pub struct HealthService {
+    runtime: SharedRuntime,
+}
+
+impl HealthService {
+    /// A health checker over the shared runtime.
+    pub fn new(runtime: SharedRuntime) -> Self {
+        Self { runtime }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let rt = self.runtime.load_full();
+            let now = Instant::now();
+            let checks = rt.pools.values().map(|p| p.check_if_due(now));
+            futures_join_all(checks).await;
+        }
+    }
+}
+
+/// Runs futures concurrently to completion (pools are few; no need for a dependency).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    for f in set {
+        f.await;
+    }
+}
+
+/// Headers that describe one hop only and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Facts about the downstream request the upstream request is rewritten with.
+pub struct Forwarding<'a> {
+    /// Client address as seen by the gateway.
+    pub client_ip: &'a str,
+    /// Host the client asked for (with port if any).
+    pub host: &'a str,
+    /// The request id sent upstream and echoed downstream.
+    pub request_id: &'a str,
+    /// New path (and query) when the route strips its prefix.
+    pub new_path: Option<&'a str>,
+    /// Whether this is a protocol upgrade (WebSocket) to keep `Connection: upgrade` for.
+    pub upgrade: bool,
+}
+
+/// `upstream_request_filter`: hop-by-hop stripping and the `X-Forwarded-*` family.
+pub fn upstream_request_filter(req: &mut RequestHeader, fwd: &Forwarding<'_>) {
+    // Headers named in Connection are hop-by-hop too; collect before removing.
+    let named: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && t != "upgrade" && t != "close" && t != "keep-alive")
+        .collect();
+    for n in &named {
+        // Never let a client strip the identity headers we are about to set.
+        if !n.starts_with("x-forwarded") && n != "x-real-ip" && n != "x-request-id" {
+            req.remove_header(n.as_str());
+        }
+    }
+    for h in HOP_BY_HOP {
+        req.remove_header(h);
+    }
+    if fwd.upgrade {
+        let _ = req.insert_header(http::header::CONNECTION, "upgrade");
+    } else {
+        req.remove_header(&http::header::CONNECTION);
+        req.remove_header(&http::header::UPGRADE);
+    }
+
+    let xff = match req
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prev) if !prev.trim().is_empty() => format!("{}, {}", prev.trim(), fwd.client_ip),
+        _ => fwd.client_ip.to_string(),
+    };
+    let _ = req.insert_header("X-Forwarded-For", xff);
+    let _ = req.insert_header("X-Forwarded-Proto", "https");
+    let _ = req.insert_header("X-Forwarded-Host", fwd.host);
+    let _ = req.insert_header("X-Real-IP", fwd.client_ip);
+    let _ = req.insert_header("X-Request-Id", fwd.request_id);
+    if req.headers.get(http::header::HOST).is_none() && !fwd.host.is_empty() {
+        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 peers need Host.
+        let _ = req.insert_header(http::header::HOST, fwd.host);
+    }
+    if let Some(p) = fwd.new_path {
+        if let Ok(uri) = p.parse::<http::Uri>() {
+            req.set_uri(uri);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(peers: &[&str]) -> UpstreamConf {
+        toml::from_str(&format!(
+            "peers = [{}]",
+            peers
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        ))
+        .expect("valid pool toml")
+    }
+
+    #[test]
+    fn passive_marking_skips_a_peer_then_falls_back() {
+        let pool = Pool::try_from_conf("p", &conf(&["127.0.0.1:1", "127.0.0.1:2"])).expect("pool");
+        let a = PeerAddr::Inet("127.0.0.1:1".parse().expect("addr"));
+        pool.mark_failed(&a);
+        for _ in 0..10 {
+            assert_ne!(pool.select(b"", None), Some(a.clone()));
+        }
+        let b = PeerAddr::Inet("127.0.0.1:2".parse().expect("addr"));
+        pool.mark_failed(&b);
+        // Both marked: marks are ignored rather than failing everything.
+        assert!(pool.select(b"", None).is_some());
+        // Excluding the only other peer leaves the marked one.
+        assert_eq!(pool.select(b"", Some(&b)), Some(a));
+    }
+
+    #[test]
+    fn forwarded_headers_are_set_and_hop_by_hop_removed() {
+        let mut req = RequestHeader::build("GET", b"/api/x?q=1", None).expect("req");
+        req.insert_header("X-Forwarded-For", "10.0.0.1").expect("h");
+        req.insert_header("Connection", "close, X-Secret, X-Forwarded-Proto")
+            .expect("h");
+        req.insert_header("X-Secret", "1").expect("h");
+        req.insert_header("Keep-Alive", "timeout=5").expect("h");
+        req.insert_header("TE", "trailers").expect("h");
+        let fwd = Forwarding {
+            client_ip: "127.0.0.9",
+            host: "example.com",
+            request_id: "abc",
+            new_path: Some("/x?q=1"),
+            upgrade: false,
+        };
+        upstream_request_filter(&mut req, &fwd);
+        let h = |n: &str| {
+            req.headers
+                .get(n)
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+        };
+        assert_eq!(h("x-forwarded-for").as_deref(), Some("10.0.0.1, 127.0.0.9"));
+        assert_eq!(h("x-forwarded-proto").as_deref(), Some("https"));
+        assert_eq!(h("x-forwarded-host").as_deref(), Some("example.com"));
+        assert_eq!(h("x-real-ip").as_deref(), Some("127.0.0.9"));
+        assert_eq!(h("x-request-id").as_deref(), Some("abc"));
+        assert_eq!(h("host").as_deref(), Some("example.com"));
+        assert!(h("x-secret").is_none());
+        assert!(h("keep-alive").is_none());
+        assert!(h("te").is_none());
+        assert!(h("connection").is_none());
+        assert_eq!(req.uri.to_string(), "/x?q=1");
+    }
+}

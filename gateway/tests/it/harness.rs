@@ -1,0 +1,341 @@
+//! Test harness: real servers on free loopback ports, a client that trusts only the test CA.
+
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use gateway::certs::{DevCa, IssuedCert};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Whether something accepts TCP on `addr`.
+pub fn accepts(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_millis(200))
+        .is_ok()
+}
+
+/// Certificates for one test: a CA and a `localhost` leaf, written into `dir`.
+pub struct TestCerts {
+    pub ca: DevCa,
+    pub ca_pem: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCerts {
+    pub fn new(dir: &Path) -> Self {
+        let ca = DevCa::generate("test CA").expect("ca");
+        let leaf = ca
+            .issue_for_days(&["localhost", "127.0.0.1", "::1"], 30)
+            .expect("leaf");
+        let (cert, key) = write_pair(dir, "server", &leaf);
+        Self {
+            ca_pem: ca.cert_pem(),
+            ca,
+            cert,
+            key,
+        }
+    }
+}
+
+/// Writes `name.crt` / `name.key` into `dir`.
+pub fn write_pair(dir: &Path, name: &str, c: &IssuedCert) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, &c.cert_pem).expect("write cert");
+    std::fs::write(&key, &c.key_pem).expect("write key");
+    (cert, key)
+}
+
+/// What a recording backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every request a backend received.
+pub type Log = Arc<Mutex<Vec<Seen>>>;
+
+async fn record(log: Log, req: Request) -> Request {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    log.lock().expect("log").push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body_len: bytes.len(),
+    });
+    Request::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// Serves `router` on a free port, recording every request (health checks excluded).
+pub async fn serve_recorded(router: axum::Router) -> (SocketAddr, Log) {
+    let log: Log = Arc::default();
+    let l2 = log.clone();
+    let app = router.layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| {
+            let log = l2.clone();
+            async move {
+                let req = if req.uri().path() == "/healthz" {
+                    req
+                } else {
+                    record(log, req).await
+                };
+                next.run(req).await
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, log)
+}
+
+/// A backend that answers everything with 200 JSON, `/api/slow` after 5 s, `/healthz` 200.
+pub async fn recording_backend() -> (SocketAddr, Log) {
+    use axum::routing::{any, get};
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/api/slow",
+            any(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .fallback(any(|req: Request| async move {
+            (
+                [
+                    ("Content-Type", "application/json"),
+                    ("Server", "backend/1.0"),
+                ],
+                format!("{{\"path\":\"{}\"}}", req.uri().path()),
+            )
+                .into_response()
+        }));
+    serve_recorded(router).await
+}
+
+/// The real expense backend (library) on a free port, with a SQLite file in `dir`.
+pub async fn expense_backend(dir: &Path) -> (SocketAddr, Log) {
+    let config = backend::Config {
+        database_url: backend::db::sqlite_url(&dir.join("api.db").display().to_string()),
+        keys_dir: dir.join("keys"),
+        issuer: "https://localhost".into(),
+        audience: "expenses-api".into(),
+        token_ttl_secs: 900,
+        auth_mode: backend::auth::AuthMode::Token,
+    };
+    let router = backend::try_build(config).await.expect("backend");
+    serve_recorded(router).await
+}
+
+/// A running `gateway` process, killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub https: u16,
+    pub http: u16,
+    pub admin: u16,
+
+    pub ca_pem: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Ports and paths a test config is rendered with.
+pub struct Ports {
+    pub https: u16,
+    pub http: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Self {
+            https: free_port(),
+            http: free_port(),
+            admin: free_port(),
+        }
+    }
+
+    /// The `[process]` and `[listeners]` sections for these ports, with per-test sockets.
+    pub fn sections(&self, dir: &Path) -> String {
+        format!(
+            r#"threads = 2
+[process]
+shutdown_grace_seconds = 0
+shutdown_timeout_seconds = 1
+upgrade_sock = "{dir}/upgrade.sock"
+pid_file = "{dir}/gateway.pid"
+
+[listeners]
+https = "127.0.0.1:{}"
+http = "127.0.0.1:{}"
+admin = "127.0.0.1:{}"
+"#,
+            self.https,
+            self.http,
+            self.admin,
+            dir = dir.display()
+        )
+    }
+}
+
+/// The `[tls]` section with one certificate.
+pub fn tls_section(certs: &TestCerts) -> String {
+    format!(
+        r#"
+[tls]
+[[tls.certificates]]
+name = "test"
+cert = "{}"
+key = "{}"
+default = true
+"#,
+        certs.cert.display(),
+        certs.key.display()
+    )
+}
+
+/// A proxy pool section named `name` with `peers` and extra keys.
+pub fn pool(name: &str, peers: &[String], extra: &str) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "\n[upstreams.{name}]\npeers = [{}]\nhealth_check_interval_ms = 500\n{extra}\n",
+        peers.join(", ")
+    )
+}
+
+pub fn gateway_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gateway")
+}
+
+/// Runs `gateway check -c file`; returns (success, stdout + stderr).
+pub fn check(file: &Path) -> (bool, String) {
+    let out = Command::new(gateway_bin())
+        .args(["check", "-c"])
+        .arg(file)
+        .output()
+        .expect("run gateway check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Starts the gateway with `conf` (already containing the port sections) and waits until
+/// HTTPS and admin accept.
+pub fn start_gateway(dir: &Path, ports: &Ports, conf: &str, ca_pem: &str) -> Gateway {
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, conf).expect("write conf");
+    let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
+    let child = Command::new(gateway_bin())
+        .args(["run", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn gateway");
+    let gw = Gateway {
+        child,
+        https: ports.https,
+        http: ports.http,
+        admin: ports.admin,
+
+        ca_pem: ca_pem.to_string(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if accepts(&format!("127.0.0.1:{}", ports.https))
+            && accepts(&format!("127.0.0.1:{}", ports.admin))
+        {
+            return gw;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+    panic!("gateway did not start:\n{log}");
+}
+
+impl Gateway {
+    /// A client trusting only the test CA, resolving `localhost` to this gateway.
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().expect("client")
+    }
+
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).expect("ca"),
+            )
+            .resolve("localhost", SocketAddr::from(([127, 0, 0, 1], self.https)))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(15))
+    }
+
+    /// `https://localhost:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.https, path)
+    }
+
+    /// Admin URL.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin, path)
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(self.admin_url("/readyz")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway never became ready");
+    }
+}

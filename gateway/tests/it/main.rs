@@ -1,0 +1,6 @@
+//! Integration tests: real gateway processes, real backends, real TLS on loopback.
+
+mod config_check;
+mod harness;
+mod proxy;
+mod tls;

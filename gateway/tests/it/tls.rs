@@ -1,0 +1,229 @@
+//! TLS termination: versions, ALPN, SNI certificate choice.
+
+use crate::harness::*;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Accepts any certificate: these tests inspect which one was served.
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Leaf certificate DER, negotiated ALPN, TLS version.
+type Handshake = (Vec<u8>, Option<Vec<u8>>, rustls::ProtocolVersion);
+
+/// Handshakes with `sni` (offering `alpn`, limited to `versions`) and returns the leaf
+/// certificate and the negotiated ALPN.
+fn handshake(
+    port: u16,
+    sni: &str,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Handshake, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or("no certificate")?;
+    let version = conn.protocol_version().ok_or("no version")?;
+    Ok((leaf, conn.alpn_protocol().map(|p| p.to_vec()), version))
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .expect("one cert")
+        .expect("pem")
+        .as_ref()
+        .to_vec()
+}
+
+fn start_two_cert_gateway(dir: &std::path::Path) -> (Gateway, String, String) {
+    let certs = TestCerts::new(dir);
+    let other = certs
+        .ca
+        .issue_for_days(&["api.example.test"], 30)
+        .expect("issue");
+    let (ocert, okey) = write_pair(dir, "other", &other);
+    let ports = Ports::new();
+    let conf = format!(
+        r#"{}
+[tls]
+[[tls.certificates]]
+name = "main"
+cert = "{}"
+key = "{}"
+default = true
+
+[[tls.certificates]]
+name = "other"
+cert = "{}"
+key = "{}"
+"#,
+        ports.sections(dir),
+        certs.cert.display(),
+        certs.key.display(),
+        ocert.display(),
+        okey.display()
+    );
+    let main_pem = std::fs::read_to_string(&certs.cert).expect("read");
+    let gw = start_gateway(dir, &ports, &conf, &certs.ca_pem);
+    (gw, main_pem, other.cert_pem)
+}
+
+#[test]
+fn sni_selects_the_certificate_and_unknown_names_get_the_default() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, main_pem, other_pem) = start_two_cert_gateway(dir.path());
+    let all = rustls::DEFAULT_VERSIONS;
+    let (leaf, _, _) = handshake(gw.https, "api.example.test", &[], all).expect("hs");
+    assert_eq!(leaf, der_of(&other_pem));
+    let (leaf, _, _) = handshake(gw.https, "localhost", &[], all).expect("hs");
+    assert_eq!(leaf, der_of(&main_pem));
+    let (leaf, _, _) = handshake(gw.https, "unknown.example.org", &[], all).expect("hs");
+    assert_eq!(leaf, der_of(&main_pem), "unknown SNI gets the default");
+    // An IP address sends no SNI: default certificate.
+    let (leaf, _, _) = handshake(gw.https, "127.0.0.1", &[], all).expect("hs");
+    assert_eq!(leaf, der_of(&main_pem));
+}
+
+#[test]
+fn alpn_and_versions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, _, _) = start_two_cert_gateway(dir.path());
+    let (_, alpn, v) = handshake(
+        gw.https,
+        "localhost",
+        &[b"h2", b"http/1.1"],
+        rustls::DEFAULT_VERSIONS,
+    )
+    .expect("hs");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(v, rustls::ProtocolVersion::TLSv1_3);
+    let (_, alpn, _) = handshake(
+        gw.https,
+        "localhost",
+        &[b"http/1.1"],
+        rustls::DEFAULT_VERSIONS,
+    )
+    .expect("hs");
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (_, _, v) =
+        handshake(gw.https, "localhost", &[], &[&rustls::version::TLS12]).expect("tls12");
+    assert_eq!(v, rustls::ProtocolVersion::TLSv1_2);
+}
+
+/// A ClientHello offering only `version` (0x0301 = TLS 1.0, 0x0302 = TLS 1.1) and classic
+/// cipher suites, without the supported_versions extension, as an old client sends it.
+fn legacy_client_hello(version: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // session id
+    let suites: [u16; 5] = [0xc02b, 0xc02f, 0xc013, 0xc009, 0x002f];
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // compression: null
+                                     // Extensions: server_name(localhost), supported_groups(x25519, P-256), ec_point_formats.
+    let host = b"localhost";
+    let mut ext = Vec::new();
+    let sni_list_len = (host.len() + 3) as u16;
+    ext.extend_from_slice(&[0, 0]);
+    ext.extend_from_slice(&(sni_list_len + 2).to_be_bytes());
+    ext.extend_from_slice(&sni_list_len.to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    ext.extend_from_slice(host);
+    ext.extend_from_slice(&[0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
+    ext.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1u8];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn tls_1_0_and_1_1_clients_fail_the_handshake() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, _, _) = start_two_cert_gateway(dir.path());
+    for version in [0x0301u16, 0x0302] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.https)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(&legacy_client_hello(version)).expect("write");
+        let mut buf = [0u8; 7];
+        let n = s.read(&mut buf).unwrap_or(0);
+        // Either an alert record (0x15) or a closed connection; never a ServerHello (0x16).
+        assert!(
+            n == 0 || buf[0] == 0x15,
+            "version {version:#x}: got {:?}",
+            &buf[..n]
+        );
+        if n >= 7 {
+            assert_eq!(buf[5], 2, "fatal alert");
+            // rustls answers protocol_version (70) or handshake_failure (40) depending on
+            // which check trips first; both end the handshake.
+            assert!(matches!(buf[6], 40 | 70), "alert {}", buf[6]);
+        }
+    }
+    // Same socket path, modern client: works (the test above is not vacuous).
+    let r = handshake(gw.https, "localhost", &[], rustls::DEFAULT_VERSIONS);
+    assert!(r.is_ok(), "{r:?}");
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The full test suite: formatting, lints, every test. What CI runs (.ci/run calls this).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# cmake builds pingora's zlib-ng.
+bash scripts/deps.sh cmake pkg-config
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo build --all-targets
+# Dev certificates are created by the tests that need them (idempotent, locked).
+cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
