@@ -375,3 +375,107 @@ async fn unknown_path_is_a_json_404_and_http_redirects_with_308() {
         );
     }
 }
+
+/// A WebSocket echo backend on a free port.
+async fn websocket_backend() -> std::net::SocketAddr {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use axum::routing::get;
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/api/ws",
+            get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(Message::Text(t))) = socket.recv().await {
+                        if socket
+                            .send(Message::Text(format!("echo:{t}").into()))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            }),
+        );
+    serve_recorded(router).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_passed_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let backend = websocket_backend().await;
+    let ports = Ports::new();
+    let conf = api_conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &pool("backend", &[backend.to_string()], ""),
+        "",
+    );
+    let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut certs.ca_pem.as_bytes()) {
+        roots.add(c.expect("ca")).expect("add");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.https))
+        .await
+        .expect("tcp");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("sni"),
+            tcp,
+        )
+        .await
+        .expect("tls");
+    tls.write_all(
+        format!(
+            "GET /api/ws HTTP/1.1\r\nHost: localhost:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            gw.https
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tls.read_exact(&mut b).await.expect("read head");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    // One masked text frame "hi", then read the echo.
+    let mask = [1u8, 2, 3, 4];
+    let payload: Vec<u8> = b"hi"
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c ^ mask[i % 4])
+        .collect();
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend_from_slice(&payload);
+    tls.write_all(&frame).await.expect("frame");
+    let mut hdr = [0u8; 2];
+    tls.read_exact(&mut hdr).await.expect("echo header");
+    assert_eq!(hdr[0], 0x81);
+    let mut body = vec![0u8; (hdr[1] & 0x7f) as usize];
+    tls.read_exact(&mut body).await.expect("echo body");
+    assert_eq!(body, b"echo:hi");
+}
