@@ -17,7 +17,7 @@
 
 use crate::route::RouteKind;
 use crate::runtime::{Runtime, SharedRuntime};
-use crate::{hygiene, metrics, request_id, response, upstream};
+use crate::{hygiene, metrics, request_id, response, static_files, upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
@@ -46,6 +46,12 @@ pub struct Ctx {
     pub body_bytes: u64,
     /// Status sent downstream (0 until known).
     pub status: u16,
+    /// The normalised request path every decision uses ([`crate::path`]).
+    pub path: String,
+    /// Body bytes the gateway wrote itself (static files, errors).
+    pub body_sent: u64,
+    /// Encoding chosen for a static response.
+    pub encoding: Option<crate::static_files::Encoding>,
     /// When the request started.
     pub started: Instant,
 }
@@ -93,6 +99,9 @@ impl ProxyHttp for Gateway {
             attempts: 0,
             body_bytes: 0,
             status: 0,
+            path: String::new(),
+            body_sent: 0,
+            encoding: None,
             started: Instant::now(),
         }
     }
@@ -114,21 +123,27 @@ impl ProxyHttp for Gateway {
         }
 
         let req = session.req_header();
+        ctx.path = match crate::path::normalize(req.uri.path(), true) {
+            Ok(p) => p.into_owned(),
+            Err(e) => {
+                tracing::debug!(reason = e.reason(), "refused request path");
+                response::write_error(session, ctx, 400, true).await?;
+                return Ok(true);
+            }
+        };
         let host = host_without_port(request_host(req)).to_ascii_lowercase();
         let rt = ctx.rt.clone();
-        let Some(idx) = rt
-            .routes
-            .iter()
-            .position(|r| r.matches(&host, req.uri.path()))
-        else {
+        let Some(idx) = rt.routes.iter().position(|r| r.matches(&host, &ctx.path)) else {
             response::write_error(session, ctx, 404, false).await?;
             return Ok(true);
         };
         ctx.route = Some(idx);
         match &rt.routes[idx].kind {
             RouteKind::Proxy { .. } => Ok(false),
-            RouteKind::Static { .. } => {
-                response::write_error(session, ctx, 404, false).await?;
+            RouteKind::Static { bundle } => {
+                let path = std::mem::take(&mut ctx.path);
+                static_files::request_filter(session, ctx, bundle, &path).await?;
+                ctx.path = path;
                 Ok(true)
             }
         }
@@ -182,20 +197,24 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let rt = ctx.rt.clone();
-        let new_path = match ctx.route.map(|i| &rt.routes[i]) {
+        let strip = match ctx.route.map(|i| &rt.routes[i]) {
             Some(route) => match &route.kind {
                 RouteKind::Proxy {
                     strip_prefix: true, ..
-                } => {
-                    let pq = upstream_request
-                        .uri
-                        .path_and_query()
-                        .map_or("/", |p| p.as_str());
-                    Some(route.strip(pq).to_string())
-                }
+                } => Some(route),
                 _ => None,
             },
             None => None,
+        };
+        // Forward the path the decisions were made on, not the client's spelling of it.
+        let new_path = if strip.is_some() || ctx.path != upstream_request.uri.path() {
+            let path = strip.map_or(ctx.path.as_str(), |r| r.strip(&ctx.path));
+            Some(match upstream_request.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            })
+        } else {
+            None
         };
         let host = request_host(session.req_header()).to_string();
         upstream::upstream_request_filter(

@@ -15,6 +15,8 @@ pub fn error_name(status: u16) -> &'static str {
         400 => "bad_request",
         404 => "not_found",
         405 => "method_not_allowed",
+        406 => "not_acceptable",
+        416 => "range_not_satisfiable",
         408 => "request_timeout",
         413 => "payload_too_large",
         414 => "uri_too_long",
@@ -50,8 +52,23 @@ pub async fn write_error(
     status: u16,
     close: bool,
 ) -> Result<()> {
+    write_error_with(session, ctx, status, close, &[]).await
+}
+
+/// [`write_error`] with extra headers (e.g. `Allow` on 405).
+pub async fn write_error_with(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    close: bool,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<()> {
     let body = error_body(error_name(status), &ctx.request_id);
-    let mut resp = ResponseHeader::build(status, Some(6))?;
+    let mut resp = ResponseHeader::build_no_case(status, Some(12 + extra.len()))?;
+    for (n, v) in extra {
+        resp.insert_header(n.clone(), v.clone())?;
+    }
+    ctx.rt.security_headers.apply(&mut resp);
     resp.insert_header("Content-Type", "application/json")?;
     resp.insert_header("Content-Length", body.len().to_string())?;
     resp.insert_header("Cache-Control", "no-store")?;
@@ -66,6 +83,7 @@ pub async fn write_error(
         .write_response_header(Box::new(resp), head_only)
         .await?;
     if !head_only {
+        ctx.body_sent += body.len() as u64;
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())

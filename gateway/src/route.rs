@@ -4,8 +4,8 @@
 //! and ordered like the config, so a linear scan beats any index and keeps "first match wins"
 //! obvious to operators.
 
+use crate::static_files::AssetBundle;
 use crate::upstream::Pool;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What a matched route does.
@@ -18,10 +18,10 @@ pub enum RouteKind {
         /// Remove the route prefix before forwarding.
         strip_prefix: bool,
     },
-    /// Serve files from a directory.
+    /// Serve files from an in-memory bundle.
     Static {
-        /// The directory.
-        root: PathBuf,
+        /// The bundle.
+        bundle: Arc<AssetBundle>,
     },
 }
 
@@ -55,10 +55,12 @@ impl Route {
                 return false;
             }
         }
-        match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        prefix_matches(&self.prefix, path)
+    }
+
+    /// The prefix, without trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// `path` with this route's prefix removed (never empty: at least `/`).
@@ -71,17 +73,29 @@ impl Route {
     }
 }
 
+/// Whether `path` is `prefix` or below it, on whole segments (`prefix` without trailing `/`).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn r(prefix: &str, host: Option<&str>) -> Route {
+        let pool: crate::config::file::UpstreamConf =
+            toml::from_str("peers = [\"127.0.0.1:9\"]").expect("conf");
         Route::new(
             "t",
             prefix,
             host,
-            RouteKind::Static {
-                root: PathBuf::from("."),
+            RouteKind::Proxy {
+                pool: Arc::new(Pool::try_from_conf("p", &pool).expect("pool")),
+                strip_prefix: false,
             },
         )
     }

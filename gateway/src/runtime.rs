@@ -66,6 +66,8 @@ pub struct Runtime {
     pub hsts: Option<String>,
     /// Request limits.
     pub limits: Limits,
+    /// Security headers for gateway-written responses.
+    pub security_headers: crate::static_files::SecurityHeaders,
     /// Listener addresses (restart required to change).
     pub listeners: Listeners,
     /// Proxy worker threads (restart required to change).

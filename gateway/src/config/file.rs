@@ -27,6 +27,9 @@ pub struct GatewayConf {
     /// Request size limits.
     #[serde(default)]
     pub limits: LimitsConf,
+    /// Security headers on gateway responses.
+    #[serde(default)]
+    pub security_headers: SecurityHeadersConf,
     /// Upstream pools by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConf>>,
@@ -188,6 +191,55 @@ impl Default for LimitsConf {
     }
 }
 
+/// Security headers; an empty string leaves a header out.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityHeadersConf {
+    /// Default: `default-src 'self'; base-uri 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'`.
+    #[serde(default = "default_csp")]
+    pub content_security_policy: String,
+    /// Default `DENY`.
+    #[serde(default = "default_xfo")]
+    pub frame_options: String,
+    /// Default `strict-origin-when-cross-origin`.
+    #[serde(default = "default_referrer")]
+    pub referrer_policy: String,
+    /// Default `camera=(), microphone=(), geolocation=(), payment=()`.
+    #[serde(default = "default_permissions")]
+    pub permissions_policy: String,
+    /// `X-Content-Type-Options: nosniff`. Default true.
+    #[serde(default = "default_true")]
+    pub nosniff: bool,
+}
+
+fn default_csp() -> String {
+    "default-src 'self'; base-uri 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'".into()
+}
+fn default_xfo() -> String {
+    "DENY".into()
+}
+fn default_referrer() -> String {
+    "strict-origin-when-cross-origin".into()
+}
+fn default_permissions() -> String {
+    "camera=(), microphone=(), geolocation=(), payment=()".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for SecurityHeadersConf {
+    fn default() -> Self {
+        Self {
+            content_security_policy: default_csp(),
+            frame_options: default_xfo(),
+            referrer_policy: default_referrer(),
+            permissions_policy: default_permissions(),
+            nosniff: true,
+        }
+    }
+}
+
 /// Load-balancing algorithm of a pool.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -294,4 +346,35 @@ pub struct RouteConf {
     /// Directory served, for `static` routes; relative to the config file's directory.
     #[serde(default)]
     pub root: Option<Spanned<String>>,
+    /// Static: file served for navigations that match no file (SPA fallback); "" disables.
+    /// Default `index.html`.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// Static: path prefixes that never fall back (proxy route prefixes are always added).
+    /// Default `[]`.
+    #[serde(default)]
+    pub fallback_exclude: Vec<String>,
+    /// Static: regex on the file name marking fingerprinted files (cached immutable for a year).
+    /// Default `[.-][0-9a-fA-F]{8,}\.[A-Za-z0-9]+$`.
+    #[serde(default)]
+    pub fingerprint_pattern: Option<Spanned<String>>,
+    /// Static: `Cache-Control` of files neither fingerprinted nor HTML. Default `public, max-age=300`.
+    #[serde(default)]
+    pub default_cache_control: Option<String>,
+    /// Static: glob (on the path, e.g. `/fonts/*.woff2`) → `Cache-Control`, first match wins.
+    #[serde(default)]
+    pub cache_control: Vec<CacheRuleConf>,
+    /// Static: files up to this size are served from memory; larger ones from disk. Default 1048576.
+    #[serde(default)]
+    pub max_memory_file_bytes: Option<u64>,
+}
+
+/// A per-glob `Cache-Control` override.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRuleConf {
+    /// Glob on the URL path, e.g. `/fonts/*.woff2` or `*.json`.
+    pub glob: String,
+    /// The `Cache-Control` value.
+    pub value: String,
 }

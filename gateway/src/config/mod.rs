@@ -8,9 +8,10 @@ pub mod file;
 
 use crate::route::{Route, RouteKind};
 use crate::runtime::{Limits, Listeners, Process, Runtime};
+use crate::static_files::{AssetBundle, SecurityHeaders, StaticOptions};
 use crate::tls::{CertSet, LoadedCert};
 use crate::upstream::Pool;
-use file::{GatewayConf, RouteKindConf};
+use file::{GatewayConf, RouteConf, RouteKindConf, SecurityHeadersConf};
 use serde_spanned::Spanned;
 use std::collections::HashMap;
 use std::fmt;
@@ -249,7 +250,13 @@ fn build(
         }
     }
 
-    // Routes.
+    // Routes. Proxy prefixes never fall back to a static shell.
+    let proxy_prefixes: Vec<String> = conf
+        .routes
+        .iter()
+        .filter(|r| r.get_ref().kind == RouteKindConf::Proxy)
+        .map(|r| r.get_ref().prefix.clone())
+        .collect();
     let mut routes = Vec::new();
     let mut names = std::collections::HashSet::new();
     for r in &conf.routes {
@@ -312,9 +319,7 @@ fn build(
                 }
                 Some(root) => {
                     let dir = resolve(base, root.get_ref());
-                    if dir.is_dir() {
-                        Some(RouteKind::Static { root: dir })
-                    } else {
+                    if !dir.is_dir() {
                         problems.push(src.problem(
                             root,
                             format!(
@@ -324,6 +329,9 @@ fn build(
                             ),
                         ));
                         None
+                    } else {
+                        static_bundle(rc, &dir, &proxy_prefixes, src, previous, problems)
+                            .map(|bundle| RouteKind::Static { bundle })
                     }
                 }
             },
@@ -346,6 +354,7 @@ fn build(
         v
     });
 
+    let security_headers = compile_security_headers(&conf.security_headers, src, problems);
     let certs = cert_set?;
     if !problems.is_empty() {
         return None;
@@ -356,6 +365,7 @@ fn build(
         pools,
         certs,
         hsts,
+        security_headers,
         limits: Limits {
             max_body_bytes: conf.limits.max_body_bytes,
             max_header_bytes: conf.limits.max_header_bytes,
@@ -370,4 +380,111 @@ fn build(
             upstream_keepalive_pool_size: conf.process.upstream_keepalive_pool_size,
         },
     })
+}
+
+fn compile_security_headers(
+    conf: &SecurityHeadersConf,
+    src: &Source,
+    problems: &mut Vec<Problem>,
+) -> SecurityHeaders {
+    let mut headers = Vec::new();
+    let mut add = |name: &'static str, value: &str| {
+        if value.is_empty() {
+            return;
+        }
+        match http::HeaderValue::from_str(value) {
+            Ok(v) => headers.push((http::HeaderName::from_static(name), v)),
+            Err(_) => problems.push(Problem {
+                location: src.file.to_string(),
+                message: format!("[security_headers] {name}: not a valid header value"),
+            }),
+        }
+    };
+    add("content-security-policy", &conf.content_security_policy);
+    add("x-frame-options", &conf.frame_options);
+    add("referrer-policy", &conf.referrer_policy);
+    add("permissions-policy", &conf.permissions_policy);
+    if conf.nosniff {
+        add("x-content-type-options", "nosniff");
+    }
+    SecurityHeaders { headers }
+}
+
+/// Builds (or reuses, when the files are unchanged) the asset bundle of a static route.
+fn static_bundle(
+    rc: &RouteConf,
+    dir: &Path,
+    proxy_prefixes: &[String],
+    src: &Source,
+    previous: Option<&Runtime>,
+    problems: &mut Vec<Problem>,
+) -> Option<Arc<AssetBundle>> {
+    let pattern = rc
+        .fingerprint_pattern
+        .as_ref()
+        .map_or(crate::static_files::DEFAULT_FINGERPRINT, |p| {
+            p.get_ref().as_str()
+        });
+    let fingerprint = match regex::Regex::new(pattern) {
+        Ok(r) => r,
+        Err(e) => {
+            let at = rc
+                .fingerprint_pattern
+                .as_ref()
+                .map_or_else(|| src.file.to_string(), |p| src.problem(p, "").location);
+            problems.push(Problem {
+                location: at,
+                message: format!("route `{}`: fingerprint_pattern: {e}", rc.name),
+            });
+            return None;
+        }
+    };
+    let mut fallback_exclude = rc.fallback_exclude.clone();
+    fallback_exclude.extend(proxy_prefixes.iter().cloned());
+    let opts = StaticOptions {
+        fallback: match rc.fallback.as_deref() {
+            None => Some("index.html".to_string()),
+            Some("") => None,
+            Some(f) => Some(f.to_string()),
+        },
+        fallback_exclude,
+        fingerprint,
+        default_cache_control: rc
+            .default_cache_control
+            .clone()
+            .unwrap_or_else(|| "public, max-age=300".into()),
+        rules: rc
+            .cache_control
+            .iter()
+            .map(|r| (r.glob.clone(), r.value.clone()))
+            .collect(),
+        max_memory_file_bytes: rc.max_memory_file_bytes.unwrap_or(1024 * 1024),
+    };
+    match AssetBundle::try_load(dir, &opts) {
+        Ok(bundle) => {
+            // Unchanged files and options: keep the previous bundle (and its memory) as is.
+            let same = previous.and_then(|p| {
+                p.routes.iter().find_map(|r| match &r.kind {
+                    crate::route::RouteKind::Static { bundle: old }
+                        if old.digest == bundle.digest && old.same_options(&bundle) =>
+                    {
+                        Some(old.clone())
+                    }
+                    _ => None,
+                })
+            });
+            Some(same.unwrap_or_else(|| Arc::new(bundle)))
+        }
+        Err(e) => {
+            let at = rc
+                .root
+                .as_ref()
+                .map_or_else(|| src.file.to_string(), |r| src.problem(r, "").location);
+            problems.push(Problem {
+                location: at,
+                message: format!("route `{}`: {e}", rc.name),
+            });
+            None
+        }
+    }
 }

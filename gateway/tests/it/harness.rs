@@ -339,3 +339,43 @@ impl Gateway {
         panic!("gateway never became ready");
     }
 }
+
+/// Sends raw bytes over TLS (ALPN http/1.1) and reads until the server closes or `timeout`.
+pub async fn raw_https(port: u16, ca_pem: &str, request: &[u8], timeout: Duration) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.expect("ca")).expect("add ca");
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("tcp");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("sni"),
+            tcp,
+        )
+        .await
+        .expect("tls");
+    tls.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, tls.read_to_end(&mut out)).await;
+    out
+}
+
+/// Status code of a raw HTTP/1.1 response.
+pub fn raw_status(resp: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

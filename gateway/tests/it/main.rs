@@ -3,4 +3,5 @@
 mod config_check;
 mod harness;
 mod proxy;
+mod static_files;
 mod tls;
