@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # cmake builds pingora's zlib-ng.
-bash scripts/deps.sh cmake pkg-config
+bash scripts/deps.sh cmake pkg-config chromium chromium-driver
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --all-targets

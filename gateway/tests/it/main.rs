@@ -1,5 +1,6 @@
 //! Integration tests: real gateway processes, real backends, real TLS on loopback.
 
+mod browser;
 mod config_check;
 mod harness;
 mod proxy;
