@@ -98,24 +98,50 @@ pub fn create_key(dir: &Path) -> Result<PathBuf, KeyError> {
     Ok(path)
 }
 
+/// Creation time encoded in a kid (`k<unix seconds>-…`).
+fn created_at(path: &Path) -> i64 {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix('k'))
+        .and_then(|s| s.split('-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 impl KeyStore {
     /// Loads the keys in `dir`, creating the first one when there is none.
-    pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
+    ///
+    /// The newest key signs. An older key stays published while tokens it signed may still be
+    /// valid: until `token_ttl_secs` (+ 60 s of clock skew) after the next key replaced it.
+    pub fn load_or_create(dir: &Path, token_ttl_secs: i64) -> Result<Self, KeyError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut paths = list(dir)?;
         if paths.is_empty() {
             create_key(dir)?;
             paths = list(dir)?;
         }
-        // Newest first; publish two (current + previous).
         paths.sort();
         paths.reverse();
-        let keys = paths
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut keep = vec![paths[0].clone()];
+        for pair in paths.windows(2).take(4) {
+            let replaced_at = created_at(&pair[0]);
+            if replaced_at + token_ttl_secs + 60 > now {
+                keep.push(pair[1].clone());
+            } else {
+                break;
+            }
+        }
+        let keys = keep
             .iter()
-            .take(2)
             .map(|p| load_key(p))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { keys })
+    }
+
+    /// Key ids, newest first.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.kid.as_str()).collect()
     }
 
     /// The signing key.

@@ -48,12 +48,31 @@ pub enum StartError {
 
 /// Opens the database and keys and builds the router.
 pub async fn try_build(config: Config) -> Result<axum::Router, StartError> {
+    Ok(api::router(try_state(config).await?))
+}
+
+/// Opens the database and keys.
+pub async fn try_state(config: Config) -> Result<AppState, StartError> {
     let (db, _engine) = db::connect(&config.database_url).await?;
-    let keys = keys::KeyStore::load_or_create(&config.keys_dir)?;
-    let state = AppState {
+    let keys = keys::KeyStore::load_or_create(&config.keys_dir, config.token_ttl_secs)?;
+    Ok(AppState {
         db,
         keys: Arc::new(ArcSwap::from_pointee(keys)),
         config: Arc::new(config),
-    };
-    Ok(api::router(state))
+    })
+}
+
+impl AppState {
+    /// Re-reads the key directory (after `backend rotate-key`); returns whether the published
+    /// set changed.
+    pub fn reload_keys(&self) -> Result<bool, keys::KeyError> {
+        let fresh =
+            keys::KeyStore::load_or_create(&self.config.keys_dir, self.config.token_ttl_secs)?;
+        let changed = fresh.kids() != self.keys.load().kids();
+        if changed {
+            tracing::info!(kids = ?fresh.kids(), "signing keys reloaded");
+            self.keys.store(Arc::new(fresh));
+        }
+        Ok(changed)
+    }
 }

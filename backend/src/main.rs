@@ -40,6 +40,9 @@ struct ServeArgs {
     /// Who verifies bearer tokens: this service, or the gateway (trusting X-Auth-Subject).
     #[arg(long, env = "AUTH_MODE", value_enum, default_value = "token")]
     auth_mode: AuthMode,
+    /// Seconds between rescans of the key directory (picks up `rotate-key`); 0 = never.
+    #[arg(long, env = "KEYS_RELOAD_SECS", default_value_t = 10)]
+    keys_reload_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -80,15 +83,28 @@ async fn main() -> ExitCode {
         token_ttl_secs: a.token_ttl_secs,
         auth_mode: a.auth_mode,
     };
-    if let Err(e) = serve(config, &a.listen).await {
+    if let Err(e) = serve(config, &a.listen, a.keys_reload_secs).await {
         eprintln!("backend: {e:#}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
 
-async fn serve(config: backend::Config, listen: &str) -> anyhow::Result<()> {
-    let app = backend::try_build(config).await?;
+async fn serve(config: backend::Config, listen: &str, reload_secs: u64) -> anyhow::Result<()> {
+    let state = backend::try_state(config).await?;
+    if reload_secs > 0 {
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(reload_secs));
+            loop {
+                tick.tick().await;
+                if let Err(e) = st.reload_keys() {
+                    tracing::warn!(error = %e, "key reload failed; keeping current keys");
+                }
+            }
+        });
+    }
+    let app = backend::api::router(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "backend listening");
     axum::serve(listener, app)

@@ -67,17 +67,30 @@ impl ServeHttp for Admin {
             "/readyz" => {
                 let rt = self.runtime.load();
                 let down = unready_pools(&rt);
-                if down.is_empty() {
+                let mut no_keys: Vec<&str> = rt
+                    .jwt_providers
+                    .values()
+                    .filter(|p| !p.is_ready())
+                    .map(|p| p.name.as_str())
+                    .collect();
+                no_keys.sort();
+                if down.is_empty() && no_keys.is_empty() {
                     respond(
                         StatusCode::OK,
                         "application/json",
                         br#"{"status":"ready"}"#.to_vec(),
                     )
                 } else {
+                    let reason = if down.is_empty() {
+                        "jwks not loaded"
+                    } else {
+                        "no healthy peer"
+                    };
                     let body = serde_json::json!({
                         "status": "not_ready",
-                        "reason": "no healthy peer",
+                        "reason": reason,
                         "pools": down,
+                        "jwt_providers": no_keys,
                     });
                     respond(
                         StatusCode::SERVICE_UNAVAILABLE,

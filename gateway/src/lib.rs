@@ -6,6 +6,8 @@
 //! file becomes a [`runtime::Runtime`].
 
 pub mod admin;
+pub mod auth;
+pub mod auth_filter;
 pub mod certs;
 pub mod config;
 pub mod hygiene;

@@ -64,6 +64,20 @@ pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Token rejections by provider and reason class.
+pub static AUTH_REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_auth_rejections_total",
+                "JWT rejections by provider and reason",
+            ),
+            &["provider", "reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
 /// Generation of the config in force.
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     register(
@@ -102,6 +116,7 @@ pub fn render() -> Vec<u8> {
     Lazy::force(&DURATION);
     Lazy::force(&UPSTREAM_ERRORS);
     Lazy::force(&CONFIG_GENERATION);
+    Lazy::force(&AUTH_REJECTIONS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
     out

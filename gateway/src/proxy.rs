@@ -52,6 +52,8 @@ pub struct Ctx {
     pub body_sent: u64,
     /// Encoding chosen for a static response.
     pub encoding: Option<crate::static_files::Encoding>,
+    /// What the verified token grants (routes with `auth = "jwt"`).
+    pub identity: Option<Arc<crate::auth::Identity>>,
     /// When the request started.
     pub started: Instant,
 }
@@ -102,6 +104,7 @@ impl ProxyHttp for Gateway {
             path: String::new(),
             body_sent: 0,
             encoding: None,
+            identity: None,
             started: Instant::now(),
         }
     }
@@ -138,6 +141,16 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(idx);
+        // Identity headers come only from the gateway: drop client copies on every request.
+        let req = session.req_header_mut();
+        for h in &rt.strip_headers {
+            req.remove_header(h);
+        }
+        if let Some(policy) = &rt.routes[idx].auth {
+            if !crate::auth_filter::request_filter(session, ctx, policy).await? {
+                return Ok(true);
+            }
+        }
         match &rt.routes[idx].kind {
             RouteKind::Proxy { .. } => Ok(false),
             RouteKind::Static { bundle } => {
@@ -217,6 +230,16 @@ impl ProxyHttp for Gateway {
             None
         };
         let host = request_host(session.req_header()).to_string();
+        if let Some(id) = &ctx.identity {
+            for (name, value) in &id.headers {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(policy) = ctx.route.and_then(|i| rt.routes[i].auth.as_ref()) {
+            if !policy.provider.conf.forward_authorization {
+                upstream_request.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
         upstream::upstream_request_filter(
             upstream_request,
             &upstream::Forwarding {

@@ -64,17 +64,29 @@ pub async fn write_error_with(
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<()> {
     let body = error_body(error_name(status), &ctx.request_id);
+    write_json(session, ctx, status, body, close, extra).await
+}
+
+/// Writes a JSON response the gateway produced itself, with the common and security headers.
+pub async fn write_json(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Bytes,
+    close: bool,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build_no_case(status, Some(12 + extra.len()))?;
     for (n, v) in extra {
         resp.insert_header(n.clone(), v.clone())?;
     }
     ctx.rt.security_headers.apply(&mut resp);
-    resp.insert_header("Content-Type", "application/json")?;
-    resp.insert_header("Content-Length", body.len().to_string())?;
-    resp.insert_header("Cache-Control", "no-store")?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     add_common_headers(&mut resp, ctx);
     if close {
-        resp.insert_header("Connection", "close")?;
+        resp.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);
     }
     ctx.status = status;

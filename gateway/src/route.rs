@@ -35,6 +35,8 @@ pub struct Route {
     host: Option<String>,
     /// What to do.
     pub kind: RouteKind,
+    /// JWT policy, if the route requires tokens.
+    pub auth: Option<crate::auth::RoutePolicy>,
 }
 
 impl Route {
@@ -45,6 +47,7 @@ impl Route {
             prefix: prefix.trim_end_matches('/').to_string(),
             host: host.map(str::to_ascii_lowercase),
             kind,
+            auth: None,
         }
     }
 

@@ -66,6 +66,10 @@ pub struct Runtime {
     pub hsts: Option<String>,
     /// Request limits.
     pub limits: Limits,
+    /// JWT providers by name.
+    pub jwt_providers: HashMap<String, Arc<crate::auth::JwtProvider>>,
+    /// Identity headers removed from every client request.
+    pub strip_headers: Vec<http::HeaderName>,
     /// Security headers for gateway-written responses.
     pub security_headers: crate::static_files::SecurityHeaders,
     /// Listener addresses (restart required to change).

@@ -74,7 +74,11 @@ pub fn build(runtime: Runtime, flags: &RunFlags) -> Server {
 
     server.add_service(background_service(
         "upstream health",
-        HealthService::new(shared),
+        HealthService::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        crate::auth::JwksService::new(shared),
     ));
     server
 }

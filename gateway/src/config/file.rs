@@ -30,6 +30,12 @@ pub struct GatewayConf {
     /// Security headers on gateway responses.
     #[serde(default)]
     pub security_headers: SecurityHeadersConf,
+    /// JWT providers by name (referenced by routes' `auth_provider`).
+    #[serde(default)]
+    pub jwt_providers: BTreeMap<String, Spanned<JwtProviderConf>>,
+    /// Identity headers sent to upstreams.
+    #[serde(default)]
+    pub identity: IdentityConf,
     /// Upstream pools by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConf>>,
@@ -240,6 +246,138 @@ impl Default for SecurityHeadersConf {
     }
 }
 
+/// A JWT issuer the gateway trusts. Exactly one key source: `jwks_url`, `jwks_file`,
+/// `key_file` (PEM public key) or `secret_file` (HMAC secret, ≥ 32 bytes).
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderConf {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (one must match).
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values. Default `["EdDSA"]`. Choices: EdDSA, ES256, ES384, RS256, RS384,
+    /// RS512, PS256, PS384, PS512, HS256, HS384, HS512.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`, seconds. Default 30.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// JWKS over HTTP(S): fetched at start (not ready until it succeeds), refreshed, refetched on
+    /// an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// JWKS from a file.
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// PEM public key (EdDSA, EC or RSA ≥ 2048 bits).
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
+    /// HMAC secret file (raw bytes, trailing newline ignored), ≥ 32 bytes.
+    #[serde(default)]
+    pub secret_file: Option<Spanned<String>>,
+    /// Seconds between JWKS refreshes. Default 300.
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// Least seconds between refetches triggered by unknown `kid`s. Default 30.
+    #[serde(default = "default_cooldown")]
+    pub jwks_refetch_cooldown_seconds: u64,
+    /// JWKS fetch timeout, ms. Default 3000.
+    #[serde(default = "default_jwks_timeout")]
+    pub jwks_timeout_ms: u64,
+    /// Also take the token from this cookie when there is no `Authorization`. Default none.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Tokens longer than this are rejected before any decoding. Default 8192.
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: usize,
+    /// Verified tokens are cached this long at most (and never past `exp`), seconds; 0 = no cache.
+    /// Default 300.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_seconds: u64,
+    /// Most tokens cached. Default 10000.
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: usize,
+    /// Claim → upstream header. Default `{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }`.
+    #[serde(default = "default_claim_headers")]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Forward the client's `Authorization` header upstream. Default true.
+    #[serde(default = "default_true")]
+    pub forward_authorization: bool,
+    /// `realm` in `WWW-Authenticate`. Default `api`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["EdDSA".into()]
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_cooldown() -> u64 {
+    30
+}
+fn default_jwks_timeout() -> u64 {
+    3000
+}
+fn default_max_token() -> usize {
+    8192
+}
+fn default_cache_ttl() -> u64 {
+    300
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_claim_headers() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("sub".into(), "X-Auth-Subject".into());
+    m.insert("scope".into(), "X-Auth-Scopes".into());
+    m
+}
+fn default_realm() -> String {
+    "api".into()
+}
+
+/// Identity headers: removed from every client request, whatever the route.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConf {
+    /// Default `["X-Auth-Subject", "X-Auth-Scopes", "X-Auth-Claims"]`.
+    #[serde(default = "default_strip")]
+    pub strip_headers: Vec<String>,
+}
+
+fn default_strip() -> Vec<String> {
+    vec![
+        "X-Auth-Subject".into(),
+        "X-Auth-Scopes".into(),
+        "X-Auth-Claims".into(),
+    ]
+}
+
+impl Default for IdentityConf {
+    fn default() -> Self {
+        Self {
+            strip_headers: default_strip(),
+        }
+    }
+}
+
+/// Scopes required for some methods of a route.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeRuleConf {
+    /// Methods this rule applies to; empty = all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Every one of these scopes is required.
+    pub scopes: Vec<String>,
+}
+
 /// Load-balancing algorithm of a pool.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -367,6 +505,19 @@ pub struct RouteConf {
     /// Static: files up to this size are served from memory; larger ones from disk. Default 1048576.
     #[serde(default)]
     pub max_memory_file_bytes: Option<u64>,
+    /// `"jwt"` to require a valid token, `"none"` for no check. Default `"none"`.
+    #[serde(default)]
+    pub auth: Option<Spanned<String>>,
+    /// Provider name from `[jwt_providers]`, with `auth = "jwt"`.
+    #[serde(default)]
+    pub auth_provider: Option<Spanned<String>>,
+    /// Requests that need no token: `"METHOD /path"` or `"/path"` (any method); a path ending
+    /// in `/*` matches below it. Default `[]`.
+    #[serde(default)]
+    pub auth_public: Vec<String>,
+    /// Scopes required per method. Default `[]`.
+    #[serde(default)]
+    pub auth_scopes: Vec<ScopeRuleConf>,
 }
 
 /// A per-glob `Cache-Control` override.

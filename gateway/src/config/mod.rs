@@ -146,7 +146,8 @@ pub fn compile(
     }
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+/// `p` relative to `base` unless absolute.
+pub fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
         p.to_path_buf()
@@ -250,6 +251,61 @@ fn build(
         }
     }
 
+    // JWT providers: reused while unchanged so JWKS and token cache survive a reload.
+    let mut providers: HashMap<String, Arc<crate::auth::JwtProvider>> = HashMap::new();
+    for (name, pc) in &conf.jwt_providers {
+        let file_based = pc.get_ref().jwks_url.is_none();
+        let reused = previous
+            .and_then(|p| p.jwt_providers.get(name))
+            .filter(|p| !file_based && p.conf == *pc.get_ref())
+            .cloned();
+        match reused {
+            Some(p) => {
+                providers.insert(name.clone(), p);
+            }
+            None => match crate::auth::JwtProvider::try_from_conf(name, pc.get_ref(), base) {
+                Ok(p) => {
+                    providers.insert(name.clone(), Arc::new(p));
+                }
+                Err(e) => {
+                    let at = pc
+                        .get_ref()
+                        .jwks_file
+                        .as_ref()
+                        .or(pc.get_ref().key_file.as_ref())
+                        .or(pc.get_ref().secret_file.as_ref())
+                        .filter(|_| matches!(e, crate::auth::ProviderError::Key(_)))
+                        .map_or_else(|| src.problem(pc, ""), |f| src.problem(f, ""))
+                        .location;
+                    problems.push(Problem {
+                        location: at,
+                        message: format!("jwt provider `{name}`: {e}"),
+                    });
+                }
+            },
+        }
+    }
+    let mut strip_headers = Vec::new();
+    for h in &conf.identity.strip_headers {
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => strip_headers.push(n),
+            Err(_) => problems.push(Problem {
+                location: src.file.to_string(),
+                message: format!("[identity] strip_headers: `{h}` is not a header name"),
+            }),
+        }
+    }
+    // Identity headers a provider sets are always stripped from clients too.
+    for p in providers.values() {
+        for h in p.conf.claim_headers.values() {
+            if let Ok(n) = http::HeaderName::from_bytes(h.as_bytes()) {
+                if !strip_headers.contains(&n) {
+                    strip_headers.push(n);
+                }
+            }
+        }
+    }
+
     // Routes. Proxy prefixes never fall back to a static shell.
     let proxy_prefixes: Vec<String> = conf
         .routes
@@ -336,8 +392,11 @@ fn build(
                 }
             },
         };
-        if let Some(kind) = kind {
-            routes.push(Route::new(&rc.name, &rc.prefix, rc.host.as_deref(), kind));
+        let auth = route_auth(rc, &providers, src, problems);
+        if let (Some(kind), Ok(auth)) = (kind, auth) {
+            let mut route = Route::new(&rc.name, &rc.prefix, rc.host.as_deref(), kind);
+            route.auth = auth;
+            routes.push(route);
         }
     }
 
@@ -366,6 +425,8 @@ fn build(
         certs,
         hsts,
         security_headers,
+        jwt_providers: providers,
+        strip_headers,
         limits: Limits {
             max_body_bytes: conf.limits.max_body_bytes,
             max_header_bytes: conf.limits.max_header_bytes,
@@ -485,6 +546,75 @@ fn static_bundle(
                 message: format!("route `{}`: {e}", rc.name),
             });
             None
+        }
+    }
+}
+
+/// Compiles `auth`, `auth_provider`, `auth_public`, `auth_scopes` of a route.
+fn route_auth(
+    rc: &RouteConf,
+    providers: &HashMap<String, Arc<crate::auth::JwtProvider>>,
+    src: &Source,
+    problems: &mut Vec<Problem>,
+) -> Result<Option<crate::auth::RoutePolicy>, ()> {
+    let mode = rc.auth.as_ref().map_or("none", |a| a.get_ref().as_str());
+    match mode {
+        "none" => {
+            if let Some(p) = &rc.auth_provider {
+                problems.push(src.problem(
+                    p,
+                    format!("route `{}`: auth_provider needs auth = \"jwt\"", rc.name),
+                ));
+                return Err(());
+            }
+            Ok(None)
+        }
+        "jwt" => {
+            let Some(pname) = &rc.auth_provider else {
+                let at = rc
+                    .auth
+                    .as_ref()
+                    .map_or_else(|| src.file.to_string(), |a| src.problem(a, "").location);
+                problems.push(Problem {
+                    location: at,
+                    message: format!("route `{}`: auth = \"jwt\" needs auth_provider", rc.name),
+                });
+                return Err(());
+            };
+            let Some(provider) = providers.get(pname.get_ref()) else {
+                problems.push(src.problem(
+                    pname,
+                    format!(
+                        "route `{}`: jwt provider `{}` is not defined (or is invalid)",
+                        rc.name,
+                        pname.get_ref()
+                    ),
+                ));
+                return Err(());
+            };
+            match crate::auth::RoutePolicy::try_new(
+                provider.clone(),
+                &rc.auth_public,
+                &rc.auth_scopes,
+            ) {
+                Ok(p) => Ok(Some(p)),
+                Err(e) => {
+                    problems.push(src.problem(pname, format!("route `{}`: {e}", rc.name)));
+                    Err(())
+                }
+            }
+        }
+        other => {
+            if let Some(a) = &rc.auth {
+                problems.push(src.problem(
+                    a,
+                    format!(
+                        "route `{}`: auth must be \"jwt\" or \"none\", not `{other}`",
+                        rc.name
+                    ),
+                ));
+            }
+            Err(())
         }
     }
 }

@@ -3,6 +3,7 @@
 mod browser;
 mod config_check;
 mod harness;
+mod jwt;
 mod proxy;
 mod static_files;
 mod tls;

@@ -1,0 +1,969 @@
+//! JWT at the edge: providers, key sets (JWKS file/URL, PEM, HMAC secret), verification with
+//! every claim check, a verified-token cache, and the `request_filter` step of routes with
+//! `auth = "jwt"`.
+//!
+//! What the token says never chooses how it is verified: the algorithm must be allowed by the
+//! provider *and* match the key's type, the key comes from config (a `kid` picks among
+//! configured keys; `jku`, `x5u`, `jwk`, `x5c` are ignored), `none` is never accepted, and an
+//! HS* token can only meet an HMAC secret. `exp`, `iss` and `aud` are required and type-checked
+//! (jsonwebtoken only checks them when present), `nbf` is validated, `iat` may not be in the
+//! future, any `crit` header is refused (we implement no extension), and oversized tokens are
+//! rejected before decoding. Rejection reasons are classes, never claim values or key bytes.
+
+use crate::config::file::JwtProviderConf;
+use crate::runtime::SharedRuntime;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http::{HeaderName, HeaderValue, Method};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde_json::Value;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Why a token was refused. The `as_str` names are the only detail clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRejection {
+    /// No token at all → 401 without an error code (RFC 6750 §3.1).
+    Missing,
+    Expired,
+    NotYetValid,
+    BadSignature,
+    BadIssuer,
+    BadAudience,
+    UnknownKey,
+    Malformed,
+    TooLarge,
+    AlgNotAllowed,
+}
+
+impl AuthRejection {
+    /// The `error_description` class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthRejection::Missing => "missing_token",
+            AuthRejection::Expired => "expired",
+            AuthRejection::NotYetValid => "not_yet_valid",
+            AuthRejection::BadSignature => "bad_signature",
+            AuthRejection::BadIssuer => "bad_issuer",
+            AuthRejection::BadAudience => "bad_audience",
+            AuthRejection::UnknownKey => "unknown_key",
+            AuthRejection::Malformed => "malformed",
+            AuthRejection::TooLarge => "too_large",
+            AuthRejection::AlgNotAllowed => "alg_not_allowed",
+        }
+    }
+}
+
+/// Key type, matched against the token's `alg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Hmac,
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+fn family_of(alg: Algorithm) -> KeyFamily {
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => KeyFamily::Hmac,
+        Algorithm::ES256 => KeyFamily::EcP256,
+        Algorithm::ES384 => KeyFamily::EcP384,
+        Algorithm::EdDSA => KeyFamily::Ed25519,
+        _ => KeyFamily::Rsa,
+    }
+}
+
+/// Parses an algorithm name from config or a token header (exact spelling only).
+pub fn parse_alg(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// One verification key.
+#[derive(Clone)]
+pub struct VerifyKey {
+    kid: Option<String>,
+    family: KeyFamily,
+    /// `alg` the JWK pins, if any.
+    alg: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+/// The keys of a provider at one point in time.
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+    /// Bumped on every change; cached verdicts of older generations are ignored.
+    pub generation: u64,
+}
+
+/// Why key material was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}")]
+    Io(String),
+    #[error("JWKS is not valid JSON with a `keys` array: {0}")]
+    BadJwks(String),
+    #[error("no usable key found")]
+    NoKeys,
+    #[error("HMAC secret is {0} bytes; at least 32 are required")]
+    WeakSecret(usize),
+    #[error("RSA key is {0} bits; at least 2048 are required")]
+    WeakRsa(usize),
+    #[error("PEM is not an EdDSA, EC or RSA public key")]
+    BadPem,
+}
+
+fn rsa_bits_from_n(n_b64: &str) -> usize {
+    URL_SAFE_NO_PAD
+        .decode(n_b64.trim_end_matches('='))
+        .map(|n| {
+            let lead = n.iter().take_while(|b| **b == 0).count();
+            let n = &n[lead..];
+            n.first()
+                .map_or(0, |f| (n.len() - 1) * 8 + (8 - f.leading_zeros() as usize))
+        })
+        .unwrap_or(0)
+}
+
+/// Parses a JWKS document; weak and unsupported keys are skipped (strict: refused).
+pub fn parse_jwks(text: &[u8], strict: bool) -> Result<Vec<VerifyKey>, KeyError> {
+    let doc: Value = serde_json::from_slice(text).map_err(|e| KeyError::BadJwks(e.to_string()))?;
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| KeyError::BadJwks("missing `keys`".into()))?;
+    let mut out = Vec::new();
+    for k in keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(k.clone()) else {
+            continue; // a key type we do not support: not an error for the others
+        };
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(p) => {
+                let bits = rsa_bits_from_n(&p.n);
+                if bits < 2048 {
+                    if strict {
+                        return Err(KeyError::WeakRsa(bits));
+                    }
+                    tracing::warn!(bits, "JWKS: RSA key under 2048 bits skipped");
+                    continue;
+                }
+                KeyFamily::Rsa
+            }
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => KeyFamily::EcP256,
+                EllipticCurve::P384 => KeyFamily::EcP384,
+                _ => continue,
+            },
+            AlgorithmParameters::OctetKeyPair(_) => KeyFamily::Ed25519,
+            AlgorithmParameters::OctetKey(p) => {
+                let len = URL_SAFE_NO_PAD
+                    .decode(p.value.trim_end_matches('='))
+                    .map_or(0, |v| v.len());
+                if len < 32 {
+                    if strict {
+                        return Err(KeyError::WeakSecret(len));
+                    }
+                    tracing::warn!(len, "JWKS: HMAC key under 32 bytes skipped");
+                    continue;
+                }
+                KeyFamily::Hmac
+            }
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        let alg = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| parse_alg(&format!("{a:?}")));
+        out.push(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            family,
+            alg,
+            key,
+        });
+    }
+    if out.is_empty() {
+        return Err(KeyError::NoKeys);
+    }
+    Ok(out)
+}
+
+/// A PEM public key (EdDSA, EC P-256/P-384, RSA ≥ 2048).
+pub fn parse_pem_key(pem: &[u8]) -> Result<VerifyKey, KeyError> {
+    let text = std::str::from_utf8(pem).map_err(|_| KeyError::BadPem)?;
+    let der = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<String>();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(der.trim())
+        .map_err(|_| KeyError::BadPem)?;
+    let (_, spki) = <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<
+        x509_parser::error::X509Error,
+    >>::from_der(&der)
+    .map_err(|_| KeyError::BadPem)?;
+    use x509_parser::public_key::PublicKey;
+    let family = match spki.parsed().map_err(|_| KeyError::BadPem)? {
+        PublicKey::RSA(r) => {
+            let bits = r.key_size();
+            if bits < 2048 {
+                return Err(KeyError::WeakRsa(bits));
+            }
+            KeyFamily::Rsa
+        }
+        PublicKey::EC(p) => match p.key_size() {
+            256 => KeyFamily::EcP256,
+            384 => KeyFamily::EcP384,
+            _ => return Err(KeyError::BadPem),
+        },
+        _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => KeyFamily::Ed25519,
+        _ => return Err(KeyError::BadPem),
+    };
+    let key = match family {
+        KeyFamily::Rsa => DecodingKey::from_rsa_pem(pem),
+        KeyFamily::EcP256 | KeyFamily::EcP384 => DecodingKey::from_ec_pem(pem),
+        KeyFamily::Ed25519 => DecodingKey::from_ed_pem(pem),
+        KeyFamily::Hmac => return Err(KeyError::BadPem),
+    }
+    .map_err(|_| KeyError::BadPem)?;
+    Ok(VerifyKey {
+        kid: None,
+        family,
+        alg: None,
+        key,
+    })
+}
+
+/// An HMAC secret (raw bytes; one trailing newline ignored).
+pub fn parse_secret(bytes: &[u8]) -> Result<VerifyKey, KeyError> {
+    let s = bytes
+        .strip_suffix(b"\n")
+        .map(|s| s.strip_suffix(b"\r").unwrap_or(s))
+        .unwrap_or(bytes);
+    if s.len() < 32 {
+        return Err(KeyError::WeakSecret(s.len()));
+    }
+    Ok(VerifyKey {
+        kid: None,
+        family: KeyFamily::Hmac,
+        alg: None,
+        key: DecodingKey::from_secret(s),
+    })
+}
+
+/// What a verified token grants.
+#[derive(Debug)]
+pub struct Identity {
+    /// `sub`, if present.
+    pub sub: Option<String>,
+    /// Scopes from `scope` (space separated) or `scp` (array).
+    pub scopes: Vec<String>,
+    /// Headers to set upstream (from `claim_headers`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `exp`, Unix seconds.
+    pub exp: u64,
+}
+
+struct CacheEntry {
+    token: Box<str>,
+    identity: Arc<Identity>,
+    until: u64,
+    generation: u64,
+}
+
+/// Bounded map from a token to its verdict.
+struct TokenCache {
+    hasher: RandomState,
+    map: RwLock<HashMap<u64, CacheEntry>>,
+    max: usize,
+    ttl: u64,
+}
+
+impl TokenCache {
+    fn get(&self, token: &str, now: u64, generation: u64) -> Option<Arc<Identity>> {
+        if self.ttl == 0 {
+            return None;
+        }
+        let h = self.hasher.hash_one(token);
+        let map = self.map.read().ok()?;
+        let e = map.get(&h)?;
+        (e.token.as_ref() == token && now < e.until && e.generation == generation)
+            .then(|| e.identity.clone())
+    }
+
+    fn put(&self, token: &str, identity: Arc<Identity>, now: u64, generation: u64) {
+        if self.ttl == 0 || self.max == 0 {
+            return;
+        }
+        let until = identity.exp.min(now + self.ttl);
+        let h = self.hasher.hash_one(token);
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= self.max {
+                map.retain(|_, e| e.until > now && e.generation == generation);
+                if map.len() >= self.max {
+                    // Still full of live entries: start over rather than grow.
+                    map.clear();
+                }
+            }
+            map.insert(
+                h,
+                CacheEntry {
+                    token: token.into(),
+                    identity,
+                    until,
+                    generation,
+                },
+            );
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.read().map_or(0, |m| m.len())
+    }
+}
+
+/// A configured issuer with its keys and cache. Kept across reloads while its config is
+/// unchanged, so the JWKS and the cache survive.
+pub struct JwtProvider {
+    /// Configured name.
+    pub name: String,
+    /// The config it was built from.
+    pub conf: JwtProviderConf,
+    algorithms: Vec<Algorithm>,
+    claim_headers: Vec<(String, HeaderName)>,
+    keys: ArcSwap<KeySet>,
+    loaded: std::sync::atomic::AtomicBool,
+    generation: AtomicU64,
+    cache: TokenCache,
+    fetch_lock: tokio::sync::Mutex<()>,
+    last_fetch: std::sync::Mutex<Option<Instant>>,
+    /// Unix seconds of the last successful JWKS fetch (0 = never).
+    pub last_success: AtomicU64,
+}
+
+impl std::fmt::Debug for JwtProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtProvider")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Why a provider definition was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("exactly one of jwks_url, jwks_file, key_file, secret_file is required")]
+    KeySource,
+    #[error("algorithm `{0}` is not supported (none is never allowed)")]
+    BadAlgorithm(String),
+    #[error("no algorithm allowed")]
+    NoAlgorithms,
+    #[error("audiences must not be empty")]
+    NoAudience,
+    #[error("`{0}` is not a valid header name")]
+    BadHeader(String),
+    #[error("jwks_url must be http:// or https://")]
+    BadUrl,
+    #[error("key material: {0}")]
+    Key(#[from] KeyError),
+    #[error("algorithm {0} has no key of its type")]
+    NoKeyForAlg(String),
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl JwtProvider {
+    /// Builds a provider; file-based keys are loaded now (relative to `base`).
+    pub fn try_from_conf(
+        name: &str,
+        conf: &JwtProviderConf,
+        base: &std::path::Path,
+    ) -> Result<Self, ProviderError> {
+        let sources = [
+            conf.jwks_url.is_some(),
+            conf.jwks_file.is_some(),
+            conf.key_file.is_some(),
+            conf.secret_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(ProviderError::KeySource);
+        }
+        if conf.audiences.is_empty() {
+            return Err(ProviderError::NoAudience);
+        }
+        let mut algorithms = Vec::new();
+        for a in &conf.algorithms {
+            algorithms.push(parse_alg(a).ok_or_else(|| ProviderError::BadAlgorithm(a.clone()))?);
+        }
+        if algorithms.is_empty() {
+            return Err(ProviderError::NoAlgorithms);
+        }
+        let mut claim_headers = Vec::new();
+        for (claim, h) in &conf.claim_headers {
+            let hn = HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| ProviderError::BadHeader(h.clone()))?;
+            claim_headers.push((claim.clone(), hn));
+        }
+        let read = |p: &serde_spanned::Spanned<String>| {
+            let path = crate::config::resolve(base, p.get_ref());
+            std::fs::read(&path).map_err(|e| KeyError::Io(format!("{}: {e}", path.display())))
+        };
+        let (keys, loaded) = if let Some(f) = &conf.jwks_file {
+            (parse_jwks(&read(f)?, true)?, true)
+        } else if let Some(f) = &conf.key_file {
+            (vec![parse_pem_key(&read(f)?)?], true)
+        } else if let Some(f) = &conf.secret_file {
+            (vec![parse_secret(&read(f)?)?], true)
+        } else {
+            let url = conf.jwks_url.as_deref().unwrap_or("");
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ProviderError::BadUrl);
+            }
+            (Vec::new(), false)
+        };
+        if loaded {
+            // Every allowed algorithm must be able to meet a key; a config allowing HS256 next
+            // to an RSA key is a mistake, not a feature.
+            for a in &algorithms {
+                if !keys.iter().any(|k| k.family == family_of(*a)) {
+                    return Err(ProviderError::NoKeyForAlg(format!("{a:?}")));
+                }
+            }
+        }
+        Ok(Self {
+            name: name.to_string(),
+            conf: conf.clone(),
+            algorithms,
+            claim_headers,
+            keys: ArcSwap::from_pointee(KeySet {
+                keys,
+                generation: 1,
+            }),
+            loaded: std::sync::atomic::AtomicBool::new(loaded),
+            generation: AtomicU64::new(1),
+            cache: TokenCache {
+                hasher: RandomState::new(),
+                map: RwLock::new(HashMap::new()),
+                max: conf.cache_max_entries,
+                ttl: conf.cache_ttl_seconds,
+            },
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_fetch: std::sync::Mutex::new(None),
+            last_success: AtomicU64::new(if loaded { now_secs() } else { 0 }),
+        })
+    }
+
+    /// Whether keys are loaded (a JWKS URL answered at least once).
+    pub fn is_ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Tokens currently cached.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn install(&self, keys: Vec<VerifyKey>) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.keys.store(Arc::new(KeySet { keys, generation }));
+        self.loaded.store(true, Ordering::Release);
+        self.last_success.store(now_secs(), Ordering::Relaxed);
+    }
+
+    /// Fetches the JWKS now (single flight). Keeps the last good set on failure.
+    pub async fn fetch_jwks(&self) -> Result<(), String> {
+        let _guard = self.fetch_lock.lock().await;
+        self.fetch_locked().await
+    }
+
+    /// The fetch itself; the caller holds `fetch_lock`.
+    async fn fetch_locked(&self) -> Result<(), String> {
+        let Some(url) = self.conf.jwks_url.as_deref() else {
+            return Ok(());
+        };
+        if let Ok(mut l) = self.last_fetch.lock() {
+            *l = Some(Instant::now());
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(self.conf.jwks_timeout_ms))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if body.len() > 1024 * 1024 {
+            return Err("JWKS larger than 1 MiB".into());
+        }
+        let keys = parse_jwks(&body, false).map_err(|e| e.to_string())?;
+        self.install(keys);
+        Ok(())
+    }
+
+    /// On an unknown `kid`: refetch unless a fetch happened within the cooldown. Concurrent
+    /// callers queue on the lock and find the fresh fetch done (single flight).
+    async fn refetch_for_unknown_kid(&self) {
+        if self.conf.jwks_url.is_none() {
+            return;
+        }
+        let cooldown = Duration::from_secs(self.conf.jwks_refetch_cooldown_seconds);
+        let _ = tokio::time::timeout(Duration::from_millis(self.conf.jwks_timeout_ms), async {
+            let _guard = self.fetch_lock.lock().await;
+            let last = self.last_fetch.lock().ok().and_then(|l| *l);
+            if last.is_some_and(|t| t.elapsed() < cooldown) {
+                return;
+            }
+            if let Err(e) = self.fetch_locked().await {
+                tracing::warn!(provider = %self.name, error = %e, "JWKS refetch failed");
+            }
+        })
+        .await;
+    }
+
+    fn needs_refresh(&self) -> bool {
+        if self.conf.jwks_url.is_none() {
+            return false;
+        }
+        let last = self.last_fetch.lock().ok().and_then(|l| *l);
+        match last {
+            None => true,
+            // Not loaded yet: retry every second. Loaded: every refresh interval.
+            Some(t) if !self.is_ready() => t.elapsed() >= Duration::from_secs(1),
+            Some(t) => t.elapsed() >= Duration::from_secs(self.conf.jwks_refresh_seconds.max(1)),
+        }
+    }
+
+    /// Verifies `token` and returns the identity it grants.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthRejection> {
+        if token.len() > self.conf.max_token_bytes {
+            return Err(AuthRejection::TooLarge);
+        }
+        let now = now_secs();
+        let generation = self.keys.load().generation;
+        if let Some(id) = self.cache.get(token, now, generation) {
+            return Ok(id);
+        }
+        let header = parse_header(token)?;
+        let alg = parse_alg(&header.alg).ok_or(AuthRejection::AlgNotAllowed)?;
+        if !self.algorithms.contains(&alg) {
+            return Err(AuthRejection::AlgNotAllowed);
+        }
+        let mut keys = self.keys.load_full();
+        let mut candidates = select_keys(&keys, header.kid.as_deref(), alg);
+        if candidates.is_empty() && header.kid.is_some() {
+            self.refetch_for_unknown_kid().await;
+            keys = self.keys.load_full();
+            candidates = select_keys(&keys, header.kid.as_deref(), alg);
+        }
+        if candidates.is_empty() {
+            return Err(AuthRejection::UnknownKey);
+        }
+        let mut v = Validation::new(alg);
+        v.leeway = self.conf.leeway_seconds;
+        v.validate_nbf = true;
+        v.validate_exp = true;
+        // Only `exp` is required here so that expiry is judged right after the signature (an
+        // expired token says "expired"); `iss`/`aud` presence and types are checked below.
+        v.set_required_spec_claims(&["exp"]);
+        v.set_issuer(&[&self.conf.issuer]);
+        v.set_audience(&self.conf.audiences);
+        let mut last = AuthRejection::BadSignature;
+        for key in candidates {
+            match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, &v) {
+                Ok(data) => {
+                    let id = Arc::new(self.identity(&data.claims, now)?);
+                    self.cache.put(token, id.clone(), now, keys.generation);
+                    return Ok(id);
+                }
+                Err(e) => {
+                    last = map_error(e.kind());
+                    if last != AuthRejection::BadSignature {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Type checks jsonwebtoken does not do, then the identity.
+    fn identity(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+        now: u64,
+    ) -> Result<Identity, AuthRejection> {
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthRejection::Malformed)?;
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(AuthRejection::BadIssuer);
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(_)) => true,
+            Some(Value::Array(a)) => !a.is_empty() && a.iter().all(Value::is_string),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(AuthRejection::BadAudience);
+        }
+        for c in ["nbf", "iat"] {
+            if claims.get(c).is_some_and(|v| !v.is_u64()) {
+                return Err(AuthRejection::Malformed);
+            }
+        }
+        if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
+            if iat > now + self.conf.leeway_seconds {
+                return Err(AuthRejection::NotYetValid);
+            }
+        }
+        let sub = match claims.get("sub") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(AuthRejection::Malformed),
+        };
+        let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) => s.split_whitespace().map(String::from).collect(),
+            (_, Some(Value::Array(a))) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut headers = Vec::new();
+        for (claim, name) in &self.claim_headers {
+            let text = match claims.get(claim) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), String::from))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Some(v) => v.to_string(),
+            };
+            if let Ok(hv) = HeaderValue::from_str(&text) {
+                headers.push((name.clone(), hv));
+            }
+        }
+        Ok(Identity {
+            sub,
+            scopes,
+            headers,
+            exp,
+        })
+    }
+}
+
+fn select_keys<'a>(keys: &'a KeySet, kid: Option<&str>, alg: Algorithm) -> Vec<&'a VerifyKey> {
+    let family = family_of(alg);
+    let fits = |k: &&VerifyKey| k.family == family && k.alg.is_none_or(|a| a == alg);
+    match kid {
+        // A kid names one key; an unknown kid is never answered by trying the others.
+        Some(kid) => keys
+            .keys
+            .iter()
+            .filter(|k| k.kid.as_deref() == Some(kid))
+            .filter(fits)
+            .take(1)
+            .collect(),
+        None => keys.keys.iter().filter(fits).take(4).collect(),
+    }
+}
+
+fn map_error(kind: &jsonwebtoken::errors::ErrorKind) -> AuthRejection {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => AuthRejection::Expired,
+        K::ImmatureSignature => AuthRejection::NotYetValid,
+        K::InvalidIssuer => AuthRejection::BadIssuer,
+        K::InvalidAudience => AuthRejection::BadAudience,
+        K::InvalidSignature => AuthRejection::BadSignature,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm => {
+            AuthRejection::AlgNotAllowed
+        }
+        K::MissingRequiredClaim(c) if c == "iss" => AuthRejection::BadIssuer,
+        K::MissingRequiredClaim(c) if c == "aud" => AuthRejection::BadAudience,
+        _ => AuthRejection::Malformed,
+    }
+}
+
+/// The parts of the JOSE header we look at.
+#[derive(Debug, serde::Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+fn is_b64url(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn parse_header(token: &str) -> Result<JoseHeader, AuthRejection> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthRejection::Malformed);
+    };
+    if !is_b64url(h) || !is_b64url(p) || !is_b64url(s) {
+        return Err(AuthRejection::Malformed);
+    }
+    let raw = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| AuthRejection::Malformed)?;
+    let header: JoseHeader = serde_json::from_slice(&raw).map_err(|_| AuthRejection::Malformed)?;
+    if header.alg.eq_ignore_ascii_case("none") {
+        return Err(AuthRejection::AlgNotAllowed);
+    }
+    if header.crit.is_some() {
+        // RFC 7515 §4.1.11: we understand no extension, so any `crit` is unsupported.
+        return Err(AuthRejection::Malformed);
+    }
+    Ok(header)
+}
+
+/// A compiled `auth = "jwt"` policy of a route.
+#[derive(Debug)]
+pub struct RoutePolicy {
+    /// The provider.
+    pub provider: Arc<JwtProvider>,
+    /// Requests needing no token.
+    pub public: Vec<(Option<Method>, String)>,
+    /// Scope rules: (methods, scopes); empty methods = any.
+    pub scopes: Vec<(Vec<Method>, Vec<String>)>,
+}
+
+/// Why a route policy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("auth_public entry `{0}`: expected \"METHOD /path\" or \"/path\"")]
+    BadPublic(String),
+    #[error("`{0}` is not an HTTP method")]
+    BadMethod(String),
+}
+
+impl RoutePolicy {
+    /// Compiles a route's auth settings.
+    pub fn try_new(
+        provider: Arc<JwtProvider>,
+        public: &[String],
+        scopes: &[crate::config::file::ScopeRuleConf],
+    ) -> Result<Self, PolicyError> {
+        let method = |m: &str| {
+            Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| PolicyError::BadMethod(m.to_string()))
+        };
+        let mut pubs = Vec::new();
+        for p in public {
+            let (m, path) = match p.trim().split_once(' ') {
+                Some((m, path)) if m != "*" => (Some(method(m)?), path.trim()),
+                Some((_, path)) => (None, path.trim()),
+                None => (None, p.trim()),
+            };
+            if !path.starts_with('/') {
+                return Err(PolicyError::BadPublic(p.clone()));
+            }
+            pubs.push((m, path.to_string()));
+        }
+        let mut rules = Vec::new();
+        for r in scopes {
+            let ms = r
+                .methods
+                .iter()
+                .map(|m| method(m))
+                .collect::<Result<Vec<_>, _>>()?;
+            rules.push((ms, r.scopes.clone()));
+        }
+        Ok(Self {
+            provider,
+            public: pubs,
+            scopes: rules,
+        })
+    }
+
+    /// Whether `method path` needs no token.
+    pub fn is_public(&self, method: &Method, path: &str) -> bool {
+        self.public.iter().any(|(m, p)| {
+            m.as_ref().is_none_or(|m| m == method)
+                && match p.strip_suffix("/*") {
+                    Some(prefix) => crate::route::prefix_matches(prefix, path),
+                    None => p == path,
+                }
+        })
+    }
+
+    /// The first scope the identity lacks for `method`, if any.
+    pub fn missing_scope<'a>(&'a self, method: &Method, id: &Identity) -> Option<&'a str> {
+        self.scopes
+            .iter()
+            .filter(|(ms, _)| ms.is_empty() || ms.contains(method))
+            .flat_map(|(_, scopes)| scopes.iter())
+            .find(|s| !id.scopes.iter().any(|have| have == *s))
+            .map(String::as_str)
+    }
+}
+
+/// Takes the bearer token from `Authorization` (exactly one header, `Bearer` scheme) or the
+/// provider's cookie.
+pub fn extract_token<'a>(
+    req: &'a pingora_http::RequestHeader,
+    cookie: Option<&str>,
+) -> Result<&'a str, AuthRejection> {
+    let mut auth = req.headers.get_all(http::header::AUTHORIZATION).iter();
+    match (auth.next(), auth.next()) {
+        (Some(_), Some(_)) => return Err(AuthRejection::Malformed),
+        (Some(v), None) => {
+            let v = v.to_str().map_err(|_| AuthRejection::Malformed)?;
+            let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(AuthRejection::Malformed);
+            }
+            let token = rest.trim();
+            if token.is_empty() {
+                return Err(AuthRejection::Malformed);
+            }
+            return Ok(token);
+        }
+        _ => {}
+    }
+    if let Some(name) = cookie {
+        for h in req.headers.get_all(http::header::COOKIE) {
+            let Ok(h) = h.to_str() else { continue };
+            for pair in h.split(';') {
+                if let Some((k, v)) = pair.trim().split_once('=') {
+                    if k == name && !v.is_empty() {
+                        return Ok(v);
+                    }
+                }
+            }
+        }
+    }
+    Err(AuthRejection::Missing)
+}
+
+/// Background service: initial JWKS fetch (retried every second until it succeeds) and
+/// periodic refresh for every provider of the current runtime.
+pub struct JwksService {
+    runtime: SharedRuntime,
+}
+
+impl JwksService {
+    /// Over the shared runtime.
+    pub fn new(runtime: SharedRuntime) -> Self {
+        Self { runtime }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for JwksService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let rt = self.runtime.load_full();
+            for p in rt.jwt_providers.values() {
+                if p.needs_refresh() {
+                    if let Err(e) = p.fetch_jwks().await {
+                        tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_parsing_refuses_none_crit_and_garbage() {
+        let enc = |h: &str| format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(h));
+        assert_eq!(
+            parse_header(&enc(r#"{"alg":"none"}"#)).err(),
+            Some(AuthRejection::AlgNotAllowed)
+        );
+        assert_eq!(
+            parse_header(&enc(r#"{"alg":"NoNe"}"#)).err(),
+            Some(AuthRejection::AlgNotAllowed)
+        );
+        assert_eq!(
+            parse_header(&enc(r#"{"alg":"EdDSA","crit":["exp"]}"#)).err(),
+            Some(AuthRejection::Malformed)
+        );
+        assert!(parse_header(&enc(r#"{"alg":"EdDSA","kid":"a","jku":"http://evil"}"#)).is_ok());
+        for bad in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.e30.c2ln",
+            "e30.e30.",
+            "bm90anNvbg.e30.c2ln",
+        ] {
+            assert_eq!(
+                parse_header(bad).err(),
+                Some(AuthRejection::Malformed),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn weak_secrets_and_rsa_are_refused() {
+        assert!(matches!(
+            parse_secret(b"short\n"),
+            Err(KeyError::WeakSecret(5))
+        ));
+        assert!(parse_secret(&[7u8; 32]).is_ok());
+        // 1024-bit modulus (128 bytes, top bit set).
+        let n = URL_SAFE_NO_PAD.encode([0xC0u8; 128]);
+        let jwks = format!(r#"{{"keys":[{{"kty":"RSA","n":"{n}","e":"AQAB","kid":"w"}}]}}"#);
+        assert!(matches!(
+            parse_jwks(jwks.as_bytes(), true),
+            Err(KeyError::WeakRsa(1024))
+        ));
+        assert!(matches!(
+            parse_jwks(jwks.as_bytes(), false),
+            Err(KeyError::NoKeys)
+        ));
+    }
+}
