@@ -1,24 +1,57 @@
 //! Admin listener (default `127.0.0.1:9901`): metrics and probes, never exposed publicly.
 //!
 //! `GET /healthz` — the process answers; `GET /readyz` — every pool a route uses has a healthy
-//! peer (503 with a JSON reason otherwise); `GET /metrics` — Prometheus text.
+//! peer and every JWT provider has keys (503 with a JSON reason otherwise, and while draining);
+//! `GET /metrics` — Prometheus text; `GET /config` — generation, content hash, loaded-at, last
+//! reload error; `POST /reload` — reload now. `/config` and `/reload` require the bearer token
+//! from `[admin] token_file` when one is configured.
 
+use crate::lifecycle::Lifecycle;
+use crate::reload::{Outcome, Reloader};
 use crate::route::RouteKind;
 use crate::runtime::{Runtime, SharedRuntime};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use std::sync::Arc;
 
 /// The admin HTTP app.
 pub struct Admin {
     runtime: SharedRuntime,
+    reloader: Arc<Reloader>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Admin {
     /// Admin app over the shared runtime.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Self { runtime }
+    pub fn new(runtime: SharedRuntime, reloader: Arc<Reloader>, lifecycle: Arc<Lifecycle>) -> Self {
+        Self {
+            runtime,
+            reloader,
+            lifecycle,
+        }
+    }
+
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let rt = self.runtime.load();
+        let Some(token) = rt.admin_token.as_deref() else {
+            return true;
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant-time comparison: the token is a secret.
+        given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 
@@ -51,6 +84,52 @@ pub fn unready_pools(rt: &Runtime) -> Vec<String> {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        let path = req.uri.path().to_string();
+        if (path == "/config" || path == "/reload") && !self.authorized(session) {
+            return respond(
+                StatusCode::UNAUTHORIZED,
+                "application/json",
+                br#"{"error":"unauthorized"}"#.to_vec(),
+            );
+        }
+        let req = session.req_header();
+        if path == "/reload" {
+            if req.method != http::Method::POST {
+                return respond(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "application/json",
+                    br#"{"error":"method_not_allowed"}"#.to_vec(),
+                );
+            }
+            let r = self.reloader.clone();
+            let result = tokio::task::spawn_blocking(move || r.reload("admin", true)).await;
+            return match result {
+                Ok(Ok(Outcome::Applied(g))) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::json!({"status": "reloaded", "generation": g})
+                        .to_string()
+                        .into_bytes(),
+                ),
+                Ok(Ok(Outcome::Unchanged)) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    br#"{"status":"unchanged"}"#.to_vec(),
+                ),
+                Ok(Err(e)) => respond(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "application/json",
+                    serde_json::json!({"error": "invalid_config", "detail": e})
+                        .to_string()
+                        .into_bytes(),
+                ),
+                Err(_) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "application/json",
+                    br#"{"error":"reload_panicked"}"#.to_vec(),
+                ),
+            };
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return respond(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -58,11 +137,21 @@ impl ServeHttp for Admin {
                 br#"{"error":"method_not_allowed"}"#.to_vec(),
             );
         }
-        match req.uri.path() {
+        match path.as_str() {
+            "/config" => respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec(&self.reloader.status()).unwrap_or_default(),
+            ),
             "/healthz" => respond(
                 StatusCode::OK,
                 "application/json",
                 br#"{"status":"ok"}"#.to_vec(),
+            ),
+            "/readyz" if self.lifecycle.is_draining() => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                br#"{"status":"not_ready","reason":"draining"}"#.to_vec(),
             ),
             "/readyz" => {
                 let rt = self.runtime.load();

@@ -81,7 +81,8 @@ fn main() -> ExitCode {
                 }
             };
             let flags = gateway::server::RunFlags { upgrade, daemon };
-            gateway::server::build(rt, &flags).run_forever()
+            gateway::server::run(&config, rt, &flags);
+            ExitCode::SUCCESS
         }
         Command::Certs {
             command: CertsCommand::Dev { dir },

@@ -89,6 +89,40 @@ pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     )
 });
 
+/// Config reloads by result.
+pub static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_config_reloads_total",
+                "Config reload attempts by result",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// 1 when the last reload attempt succeeded.
+pub static LAST_RELOAD_SUCCESS: Lazy<IntGauge> = Lazy::new(|| {
+    register(
+        IntGauge::new(
+            "gateway_config_last_reload_success",
+            "1 if the last config reload succeeded, 0 if it was refused",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Records a reload attempt.
+pub fn reloaded(ok: bool, generation: u64) {
+    RELOADS
+        .with_label_values(&[if ok { "success" } else { "failure" }])
+        .inc();
+    LAST_RELOAD_SUCCESS.set(i64::from(ok));
+    CONFIG_GENERATION.set(generation as i64);
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -117,6 +151,8 @@ pub fn render() -> Vec<u8> {
     Lazy::force(&UPSTREAM_ERRORS);
     Lazy::force(&CONFIG_GENERATION);
     Lazy::force(&AUTH_REJECTIONS);
+    Lazy::force(&RELOADS);
+    Lazy::force(&LAST_RELOAD_SUCCESS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
     out

@@ -39,7 +39,9 @@ pub struct Listeners {
 /// Process settings (restart required to change).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
-    /// Seconds between SIGTERM and closing listeners.
+    /// Seconds `/readyz` is 503 after SIGTERM before listeners close.
+    pub readiness_drain_seconds: u64,
+    /// Seconds between closing listeners and stopping runtimes.
     pub shutdown_grace_seconds: u64,
     /// Seconds in-flight requests get after listeners close.
     pub shutdown_timeout_seconds: u64,
@@ -78,6 +80,12 @@ pub struct Runtime {
     pub threads: usize,
     /// Process settings (restart required to change).
     pub process: Process,
+    /// Files this runtime was built from (config, certificates, keys): watched for reload.
+    pub watch_files: Vec<std::path::PathBuf>,
+    /// Directories served (static roots): watched recursively.
+    pub watch_dirs: Vec<std::path::PathBuf>,
+    /// Bearer token for admin `/config` and `/reload`.
+    pub admin_token: Option<String>,
 }
 
 impl Runtime {

@@ -2,13 +2,15 @@
 //! listener and the health checker, all reading one [`SharedRuntime`].
 
 use crate::admin::Admin;
+use crate::lifecycle::{DrainingSignal, Lifecycle};
 use crate::proxy::Gateway;
 use crate::redirect::Redirect;
+use crate::reload::{ReloadService, Reloader};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::upstream::HealthService;
 use arc_swap::ArcSwap;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
@@ -22,8 +24,24 @@ pub struct RunFlags {
     pub daemon: bool,
 }
 
-/// Builds the pingora server for `runtime`; `run_forever` on the result serves.
-pub fn build(runtime: Runtime, flags: &RunFlags) -> Server {
+/// Builds the server for the config at `path` (already loaded into `runtime`) and serves until
+/// shutdown.
+pub fn run(path: &std::path::Path, runtime: Runtime, flags: &RunFlags) {
+    let drain = std::time::Duration::from_secs(runtime.process.readiness_drain_seconds);
+    let lifecycle = Arc::new(Lifecycle::default());
+    let server = build(path, runtime, flags, lifecycle.clone());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingSignal { lifecycle, drain }),
+    });
+}
+
+/// Builds the pingora server for `runtime`.
+pub fn build(
+    path: &std::path::Path,
+    runtime: Runtime,
+    flags: &RunFlags,
+    lifecycle: Arc<Lifecycle>,
+) -> Server {
     let p = runtime.process.clone();
     let conf = ServerConf {
         threads: runtime.threads,
@@ -68,7 +86,11 @@ pub fn build(runtime: Runtime, flags: &RunFlags) -> Server {
         server.add_service(redirect);
     }
 
-    let mut admin = Service::new("gateway admin".into(), Admin::new(shared.clone()));
+    let reloader = Arc::new(Reloader::new(path, shared.clone()));
+    let mut admin = Service::new(
+        "gateway admin".into(),
+        Admin::new(shared.clone(), reloader.clone(), lifecycle),
+    );
     admin.add_tcp(&listeners.admin);
     server.add_service(admin);
 
@@ -79,6 +101,10 @@ pub fn build(runtime: Runtime, flags: &RunFlags) -> Server {
     server.add_service(background_service(
         "jwks refresh",
         crate::auth::JwksService::new(shared),
+    ));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService::new(reloader),
     ));
     server
 }

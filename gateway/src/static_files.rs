@@ -142,6 +142,15 @@ pub struct AssetBundle {
     fallback_exclude: Vec<String>,
     /// SHA-256 over all paths and contents: equal digests mean identical bundles.
     pub digest: [u8; 32],
+    /// Fingerprinted files of the bundle this one replaced, servable until a deadline.
+    previous: Option<PreviousAssets>,
+}
+
+/// Fingerprinted assets of a replaced bundle (one level only: no chain of old deploys).
+#[derive(Debug)]
+struct PreviousAssets {
+    assets: HashMap<Box<str>, Arc<Asset>>,
+    until: std::time::Instant,
 }
 
 fn is_compressible(mime: &str) -> bool {
@@ -387,6 +396,7 @@ impl AssetBundle {
                 use sha2::Digest;
                 digest.finalize().into()
             },
+            previous: None,
         })
     }
 
@@ -415,13 +425,36 @@ impl AssetBundle {
         self.assets.is_empty()
     }
 
-    /// The asset for a decoded path, if any (`/dir/` → `/dir/index.html`).
+    /// The asset for a decoded path, if any (`/dir/` → `/dir/index.html`); then the previous
+    /// deploy's fingerprinted assets while their grace period lasts.
     pub fn get(&self, decoded: &str) -> Option<&Arc<Asset>> {
         if decoded.ends_with('/') {
             let key = format!("{decoded}index.html");
             return self.assets.get(key.as_str());
         }
-        self.assets.get(decoded)
+        self.assets.get(decoded).or_else(|| {
+            self.previous
+                .as_ref()
+                .filter(|p| std::time::Instant::now() < p.until)
+                .and_then(|p| p.assets.get(decoded))
+        })
+    }
+
+    /// Keeps `old`'s fingerprinted (immutable) assets servable for `grace`.
+    pub fn keep_previous(&mut self, old: &AssetBundle, grace: std::time::Duration) {
+        if grace.is_zero() {
+            return;
+        }
+        let assets = old
+            .assets
+            .iter()
+            .filter(|(k, a)| a.cache_control == IMMUTABLE && !self.assets.contains_key(*k))
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
+        self.previous = Some(PreviousAssets {
+            assets,
+            until: std::time::Instant::now() + grace,
+        });
     }
 }
 

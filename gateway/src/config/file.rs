@@ -22,6 +22,9 @@ pub struct GatewayConf {
     /// Listening sockets.
     #[serde(default)]
     pub listeners: ListenersConf,
+    /// Admin endpoint protection.
+    #[serde(default)]
+    pub admin: AdminConf,
     /// TLS settings and certificates.
     pub tls: TlsConf,
     /// Request size limits.
@@ -44,11 +47,26 @@ pub struct GatewayConf {
     pub routes: Vec<Spanned<RouteConf>>,
 }
 
+/// Admin listener settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConf {
+    /// File holding a bearer token required by `GET /config` and `POST /reload`; none = open
+    /// (the admin listener is on loopback by default). Default none.
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
+}
+
 /// Process lifecycle settings (restart required to change).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessConf {
-    /// Seconds between SIGTERM and closing listeners (readiness turns 503 first). Default 5.
+    /// Seconds after SIGTERM during which `/readyz` answers 503 while traffic is still served,
+    /// so load balancers stop sending before listeners close. Default 5.
+    #[serde(default = "default_grace")]
+    pub readiness_drain_seconds: u64,
+    /// Seconds in-flight requests get after the listeners closed, before runtimes stop.
+    /// Default 5.
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
     /// Seconds in-flight requests get to finish after listeners close. Default 10.
@@ -85,6 +103,7 @@ fn default_keepalive_pool() -> usize {
 impl Default for ProcessConf {
     fn default() -> Self {
         Self {
+            readiness_drain_seconds: default_grace(),
             shutdown_grace_seconds: default_grace(),
             shutdown_timeout_seconds: default_shutdown_timeout(),
             upgrade_sock: default_upgrade_sock(),
@@ -505,6 +524,10 @@ pub struct RouteConf {
     /// Static: files up to this size are served from memory; larger ones from disk. Default 1048576.
     #[serde(default)]
     pub max_memory_file_bytes: Option<u64>,
+    /// Static: after a deploy changes the files, fingerprinted files of the previous bundle stay
+    /// servable this long (browsers holding the old shell still load their chunks). Default 600.
+    #[serde(default)]
+    pub previous_assets_grace_seconds: Option<u64>,
     /// `"jwt"` to require a valid token, `"none"` for no check. Default `"none"`.
     #[serde(default)]
     pub auth: Option<Spanned<String>>,

@@ -414,6 +414,48 @@ fn build(
     });
 
     let security_headers = compile_security_headers(&conf.security_headers, src, problems);
+    // Everything the runtime was built from, for the reload watcher.
+    let mut watch_files = vec![src_path(src, base)];
+    for c in &conf.tls.certificates {
+        watch_files.push(resolve(base, c.get_ref().cert.get_ref()));
+        watch_files.push(resolve(base, c.get_ref().key.get_ref()));
+    }
+    for p in conf.jwt_providers.values() {
+        let p = p.get_ref();
+        for f in [&p.jwks_file, &p.key_file, &p.secret_file]
+            .into_iter()
+            .flatten()
+        {
+            watch_files.push(resolve(base, f.get_ref()));
+        }
+    }
+    let watch_dirs: Vec<PathBuf> = conf
+        .routes
+        .iter()
+        .filter_map(|r| r.get_ref().root.as_ref())
+        .map(|r| resolve(base, r.get_ref()))
+        .collect();
+    let admin_token = match &conf.admin.token_file {
+        None => None,
+        Some(f) => {
+            let p = resolve(base, f.get_ref());
+            watch_files.push(p.clone());
+            match std::fs::read_to_string(&p) {
+                Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
+                Ok(_) => {
+                    problems.push(
+                        src.problem(f, "[admin] token_file: token shorter than 16 characters"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problems
+                        .push(src.problem(f, format!("[admin] token_file {}: {e}", p.display())));
+                    None
+                }
+            }
+        }
+    };
     let certs = cert_set?;
     if !problems.is_empty() {
         return None;
@@ -433,7 +475,11 @@ fn build(
         },
         listeners,
         threads,
+        watch_files,
+        watch_dirs,
+        admin_token,
         process: Process {
+            readiness_drain_seconds: conf.process.readiness_drain_seconds,
             shutdown_grace_seconds: conf.process.shutdown_grace_seconds,
             shutdown_timeout_seconds: conf.process.shutdown_timeout_seconds,
             upgrade_sock: conf.process.upgrade_sock.clone(),
@@ -522,19 +568,25 @@ fn static_bundle(
         max_memory_file_bytes: rc.max_memory_file_bytes.unwrap_or(1024 * 1024),
     };
     match AssetBundle::try_load(dir, &opts) {
-        Ok(bundle) => {
-            // Unchanged files and options: keep the previous bundle (and its memory) as is.
-            let same = previous.and_then(|p| {
+        Ok(mut bundle) => {
+            let old = previous.and_then(|p| {
                 p.routes.iter().find_map(|r| match &r.kind {
-                    crate::route::RouteKind::Static { bundle: old }
-                        if old.digest == bundle.digest && old.same_options(&bundle) =>
-                    {
-                        Some(old.clone())
+                    crate::route::RouteKind::Static { bundle } if r.name == rc.name => {
+                        Some(bundle.clone())
                     }
                     _ => None,
                 })
             });
-            Some(same.unwrap_or_else(|| Arc::new(bundle)))
+            match old {
+                // Unchanged files and options: keep the previous bundle (and its memory) as is.
+                Some(old) if old.digest == bundle.digest && old.same_options(&bundle) => Some(old),
+                Some(old) => {
+                    let grace = rc.previous_assets_grace_seconds.unwrap_or(600);
+                    bundle.keep_previous(&old, std::time::Duration::from_secs(grace));
+                    Some(Arc::new(bundle))
+                }
+                None => Some(Arc::new(bundle)),
+            }
         }
         Err(e) => {
             let at = rc
@@ -616,5 +668,15 @@ fn route_auth(
             }
             Err(())
         }
+    }
+}
+
+/// The config file's own path (as given), for the watcher.
+fn src_path(src: &Source, base: &Path) -> PathBuf {
+    let p = Path::new(src.file);
+    if p.is_absolute() || p.exists() {
+        p.to_path_buf()
+    } else {
+        base.join(p.file_name().unwrap_or_default())
     }
 }

@@ -199,6 +199,7 @@ impl Ports {
         format!(
             r#"threads = 2
 [process]
+readiness_drain_seconds = 0
 shutdown_grace_seconds = 0
 shutdown_timeout_seconds = 1
 upgrade_sock = "{dir}/upgrade.sock"
@@ -378,4 +379,49 @@ pub fn raw_status(resp: &[u8]) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// Writes `text` to `path` atomically (temp file + rename), as deploy tools do.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).expect("write tmp");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Sends `POST /reload` to the admin listener; returns (status, body).
+pub async fn admin_reload(gw: &Gateway) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(gw.admin_url("/reload"))
+        .send()
+        .await
+        .expect("reload");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// `GET /config` from the admin listener.
+pub async fn admin_config(gw: &Gateway) -> serde_json::Value {
+    reqwest::get(gw.admin_url("/config"))
+        .await
+        .expect("config")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// The value of a metric line (exact name with labels) in `/metrics`, 0 when absent.
+pub async fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = reqwest::get(gw.admin_url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }

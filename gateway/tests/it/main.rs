@@ -5,5 +5,6 @@ mod config_check;
 mod harness;
 mod jwt;
 mod proxy;
+mod reload;
 mod static_files;
 mod tls;

@@ -1,0 +1,320 @@
+//! Hot reload: one path for every trigger — the file watcher, `SIGHUP`, admin `POST /reload`.
+//!
+//! A reload builds a complete new [`Runtime`] aside (parse, validate, certificates, keys,
+//! bundles, pools), then swaps it in with one `ArcSwap` store. In-flight requests keep the
+//! snapshot they started with; connections are never touched. An invalid change applies
+//! nothing: the old runtime keeps serving and the error (with `file:line:column`) is kept for
+//! `/config` and counted in metrics. Settings that cannot change live (listeners, threads,
+//! process) keep their running values and are reported as "restart required".
+//!
+//! The watcher watches *directories* (the config's, each certificate's, each static root) so
+//! editors' write-then-rename, `cp` over a file and Kubernetes' `..data` symlink swap are all
+//! seen; events are debounced (~200 ms) and a reload only happens when the content
+//! fingerprint of the inputs changed.
+
+use crate::config;
+use crate::runtime::{Runtime, SharedRuntime};
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// What `/config` shows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Generation in force.
+    pub generation: u64,
+    /// Fingerprint of the inputs of the runtime in force.
+    pub content_hash: String,
+    /// When it was loaded (RFC 3339).
+    pub loaded_at: String,
+    /// The last failed reload's error, cleared by a success.
+    pub last_error: Option<String>,
+    /// Whether the last attempt succeeded.
+    pub last_reload_success: bool,
+    /// Changed settings that only apply after a restart.
+    pub restart_required: Vec<String>,
+    /// Reloads attempted.
+    pub attempts: u64,
+}
+
+/// The result of one reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new generation is serving.
+    Applied(u64),
+    /// Inputs unchanged; nothing done.
+    Unchanged,
+}
+
+/// Performs reloads; shared by the watcher, the signal handler and the admin endpoint.
+pub struct Reloader {
+    path: PathBuf,
+    runtime: SharedRuntime,
+    status: Mutex<ReloadStatus>,
+    /// One reload at a time.
+    busy: Mutex<()>,
+}
+
+fn rfc3339_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A fingerprint of everything a runtime is built from: file contents, and for static roots
+/// the names, sizes and modification times of their files.
+pub fn fingerprint(rt: &Runtime) -> String {
+    let mut h = sha2::Sha256::new();
+    for f in &rt.watch_files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        match std::fs::read(f) {
+            Ok(b) => h.update(&b),
+            Err(_) => h.update(b"<missing>"),
+        }
+    }
+    for d in &rt.watch_dirs {
+        let mut entries = Vec::new();
+        walk_meta(d, &mut entries, 0);
+        entries.sort();
+        for e in entries {
+            h.update(e.as_bytes());
+        }
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+fn walk_meta(dir: &Path, out: &mut Vec<String>, depth: usize) {
+    if depth > 32 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::metadata(&p) else {
+            continue;
+        };
+        if m.is_dir() {
+            walk_meta(&p, out, depth + 1);
+        } else {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            out.push(format!("{}|{}|{}", p.display(), m.len(), mtime));
+        }
+    }
+}
+
+impl Reloader {
+    /// A reloader for the config at `path`, whose current runtime is in `runtime`.
+    pub fn new(path: &Path, runtime: SharedRuntime) -> Self {
+        let rt = runtime.load();
+        let status = ReloadStatus {
+            generation: rt.generation,
+            content_hash: fingerprint(&rt),
+            loaded_at: rfc3339_now(),
+            last_error: None,
+            last_reload_success: true,
+            restart_required: Vec::new(),
+            attempts: 0,
+        };
+        crate::metrics::LAST_RELOAD_SUCCESS.set(1);
+        Self {
+            path: path.to_path_buf(),
+            runtime: runtime.clone(),
+            status: Mutex::new(status),
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Reloads when the inputs changed (or always, with `force`). Blocking: call it off the
+    /// request path (`spawn_blocking`).
+    pub fn reload(&self, trigger: &str, force: bool) -> Result<Outcome, String> {
+        let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.runtime.load_full();
+        if !force && fingerprint(&current) == self.status().content_hash {
+            return Ok(Outcome::Unchanged);
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.attempts += 1;
+        }
+        match config::load(&self.path, Some(&current)) {
+            Ok(mut next) => {
+                let restart = restart_required(&current, &next);
+                // What cannot change live keeps its running value, so the runtime describes
+                // the process as it really is.
+                next.listeners = current.listeners.clone();
+                next.threads = current.threads;
+                next.process = current.process.clone();
+                let hash = fingerprint(&next);
+                let generation = next.generation;
+                self.runtime.store(Arc::new(next));
+                crate::metrics::reloaded(true, generation);
+                for r in &restart {
+                    tracing::warn!(setting = %r, "changed setting requires a restart; keeping the running value");
+                }
+                tracing::info!(trigger, generation, content_hash = %hash, "config reloaded");
+                if let Ok(mut s) = self.status.lock() {
+                    s.generation = generation;
+                    s.content_hash = hash;
+                    s.loaded_at = rfc3339_now();
+                    s.last_error = None;
+                    s.last_reload_success = true;
+                    s.restart_required = restart;
+                }
+                Ok(Outcome::Applied(generation))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                crate::metrics::reloaded(false, current.generation);
+                for p in e.problems() {
+                    tracing::error!(trigger, problem = %p, "config reload refused; old config keeps serving");
+                }
+                if let Ok(mut s) = self.status.lock() {
+                    s.last_error = Some(msg.clone());
+                    s.last_reload_success = false;
+                }
+                Err(msg)
+            }
+        }
+    }
+}
+
+fn restart_required(old: &Runtime, new: &Runtime) -> Vec<String> {
+    let mut out = Vec::new();
+    let (a, b) = (&old.listeners, &new.listeners);
+    if a.https != b.https {
+        out.push("listeners.https".into());
+    }
+    if a.http != b.http {
+        out.push("listeners.http".into());
+    }
+    if a.admin != b.admin {
+        out.push("listeners.admin".into());
+    }
+    if a.redirect_https_port != b.redirect_https_port {
+        out.push("listeners.redirect_https_port".into());
+    }
+    if old.threads != new.threads {
+        out.push("threads".into());
+    }
+    if old.process != new.process {
+        out.push("process".into());
+    }
+    out
+}
+
+/// Background service: file watcher, SIGHUP, and a slow safety-net poll.
+pub struct ReloadService {
+    reloader: Arc<Reloader>,
+}
+
+impl ReloadService {
+    /// The service driving `reloader`.
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        Self { reloader }
+    }
+}
+
+/// Directories to watch for a runtime: parents of its files (non-recursive), its static
+/// roots (recursive).
+fn watch_set(rt: &Runtime) -> Vec<(PathBuf, bool)> {
+    let mut set: Vec<(PathBuf, bool)> = Vec::new();
+    for f in &rt.watch_files {
+        if let Some(dir) = f.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir.to_path_buf()
+            };
+            if !set.iter().any(|(d, _)| *d == dir) {
+                set.push((dir, false));
+            }
+        }
+    }
+    for d in &rt.watch_dirs {
+        set.push((d.clone(), true));
+    }
+    set
+}
+
+fn make_watcher(
+    set: &[(PathBuf, bool)],
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "file watcher unavailable; relying on polling"))
+    .ok()?;
+    for (dir, recursive) in set {
+        let mode = if *recursive {
+            notify::RecursiveMode::Recursive
+        } else {
+            notify::RecursiveMode::NonRecursive
+        };
+        if let Err(e) = w.watch(dir, mode) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+        }
+    }
+    Some(w)
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut set = watch_set(&self.reloader.runtime.load());
+        let mut watcher = make_watcher(&set, tx.clone());
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut poll = tokio::time::interval(Duration::from_secs(5));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        loop {
+            let (trigger, force) = tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = rx.recv() => {
+                    // Debounce: wait for 200 ms of quiet.
+                    while let Ok(Some(())) =
+                        tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+                    {}
+                    ("watch", false)
+                }
+                _ = async {
+                    match hup.as_mut() {
+                        Some(h) => { h.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => ("sighup", true),
+                _ = poll.tick() => ("poll", false),
+            };
+            let r = self.reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || r.reload(trigger, force)).await;
+            // Re-aim the watcher when the set of referenced files changed.
+            let next = watch_set(&self.reloader.runtime.load());
+            if next != set {
+                set = next;
+                watcher = make_watcher(&set, tx.clone());
+            }
+            let _ = &watcher;
+        }
+    }
+}
