@@ -123,26 +123,48 @@ pub fn reloaded(ok: bool, generation: u64) {
     CONFIG_GENERATION.set(generation as i64);
 }
 
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// A route's metric handles, resolved once when the route is compiled so the `logging` phase
+/// does no label hashing or registry locking.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [prometheus::IntCounter; 6],
+    duration: prometheus::Histogram,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteMetrics")
     }
 }
 
-/// Records one finished request (called from the `logging` phase).
-pub fn record_request(route: &str, status: u16, elapsed: Duration) {
-    REQUESTS
-        .with_label_values(&[route, status_class(status)])
-        .inc();
-    DURATION
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
+impl RouteMetrics {
+    /// Handles for `route`.
+    pub fn new(route: &str) -> Self {
+        Self {
+            by_class: CLASSES.map(|c| REQUESTS.with_label_values(&[route, c])),
+            duration: DURATION.with_label_values(&[route]),
+        }
+    }
+
+    /// Records one finished request (called from the `logging` phase).
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let i = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        self.by_class[i].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
 }
+
+/// Metrics of requests that matched no route.
+pub static NO_ROUTE: Lazy<RouteMetrics> = Lazy::new(|| RouteMetrics::new("none"));
 
 /// The registry in Prometheus text format.
 pub fn render() -> Vec<u8> {

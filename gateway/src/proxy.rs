@@ -36,8 +36,8 @@ pub struct Ctx {
     pub request_id: String,
     /// Index of the matched route in `rt.routes`.
     pub route: Option<usize>,
-    /// Client IP as text.
-    pub client_ip: String,
+    /// Client IP (formatted only when a header needs it).
+    pub client_ip: Option<std::net::IpAddr>,
     /// Peer of the last attempt (excluded on retry).
     pub peer: Option<PeerAddr>,
     /// Connect attempts so far.
@@ -96,7 +96,7 @@ impl ProxyHttp for Gateway {
             rt: self.runtime.load_full(),
             request_id: String::new(),
             route: None,
-            client_ip: String::new(),
+            client_ip: None,
             peer: None,
             attempts: 0,
             body_bytes: 0,
@@ -116,8 +116,7 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+            .map(|a| a.ip());
 
         if let Err(rejection) = hygiene::request_filter(req, &ctx.rt.limits) {
             // The body (if any) was not read: close rather than reuse a desynchronised stream.
@@ -134,9 +133,9 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        let host = host_without_port(request_host(req)).to_ascii_lowercase();
+        let host = host_without_port(request_host(req));
         let rt = ctx.rt.clone();
-        let Some(idx) = rt.routes.iter().position(|r| r.matches(&host, &ctx.path)) else {
+        let Some(idx) = rt.routes.iter().position(|r| r.matches(host, &ctx.path)) else {
             response::write_error(session, ctx, 404, false).await?;
             return Ok(true);
         };
@@ -178,19 +177,20 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let rt = ctx.rt.clone();
         let pool = match ctx.route.map(|i| &rt.routes[i].kind) {
             Some(RouteKind::Proxy { pool, .. }) => pool,
             _ => return Error::e_explain(ErrorType::InternalError, "no proxy route"),
         };
         ctx.attempts += 1;
-        let key = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        let Some(addr) = pool.select(key.as_bytes(), ctx.peer.as_ref()) else {
+        // Only consistent hashing needs a key; round robin ignores it.
+        let key = match (pool.hashes(), ctx.client_ip) {
+            (true, Some(std::net::IpAddr::V4(ip))) => ip.octets().to_vec(),
+            (true, Some(std::net::IpAddr::V6(ip))) => ip.octets().to_vec(),
+            _ => Vec::new(),
+        };
+        let Some(addr) = pool.select(&key, ctx.peer.as_ref()) else {
             return Error::e_explain(
                 ErrorType::HTTPStatus(502),
                 format!("pool {} has no healthy peer", pool.name),
@@ -230,6 +230,7 @@ impl ProxyHttp for Gateway {
             None
         };
         let host = request_host(session.req_header()).to_string();
+        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         if let Some(id) = &ctx.identity {
             for (name, value) in &id.headers {
                 upstream_request.insert_header(name.clone(), value.clone())?;
@@ -243,7 +244,7 @@ impl ProxyHttp for Gateway {
         upstream::upstream_request_filter(
             upstream_request,
             &upstream::Forwarding {
-                client_ip: &ctx.client_ip,
+                client_ip: &client_ip,
                 host: &host,
                 request_id: &ctx.request_id,
                 new_path: new_path.as_deref(),
@@ -335,8 +336,10 @@ impl ProxyHttp for Gateway {
         let status = session
             .response_written()
             .map_or(ctx.status, |r| r.status.as_u16());
-        let route = ctx.route.map_or("none", |i| ctx.rt.routes[i].name.as_str());
-        metrics::record_request(route, status, ctx.started.elapsed());
+        let m = ctx
+            .route
+            .map_or(&*metrics::NO_ROUTE, |i| &ctx.rt.routes[i].metrics);
+        m.record(status, ctx.started.elapsed());
     }
 }
 

@@ -5,6 +5,7 @@
 
 use crate::proxy::Ctx;
 use bytes::Bytes;
+use http::HeaderName;
 use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -39,9 +40,11 @@ pub fn error_body(error: &str, request_id: &str) -> Bytes {
 /// Adds the headers every HTTPS response carries: HSTS and the request id.
 pub fn add_common_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
     if let Some(hsts) = &ctx.rt.hsts {
-        let _ = resp.insert_header("Strict-Transport-Security", hsts.as_str());
+        let _ = resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    let _ = resp.insert_header("X-Request-Id", ctx.request_id.as_str());
+    if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
+        let _ = resp.insert_header(HeaderName::from_static("x-request-id"), id);
+    }
 }
 
 /// Writes a JSON error response. `close` drops the connection afterwards (used when the

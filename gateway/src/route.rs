@@ -37,6 +37,8 @@ pub struct Route {
     pub kind: RouteKind,
     /// JWT policy, if the route requires tokens.
     pub auth: Option<crate::auth::RoutePolicy>,
+    /// Metric handles labelled with this route's name.
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 impl Route {
@@ -48,13 +50,14 @@ impl Route {
             host: host.map(str::to_ascii_lowercase),
             kind,
             auth: None,
+            metrics: crate::metrics::RouteMetrics::new(name),
         }
     }
 
-    /// Whether `host` (lower-case, no port) and `path` fall under this route.
+    /// Whether `host` (any case, no port) and `path` fall under this route.
     pub fn matches(&self, host: &str, path: &str) -> bool {
         if let Some(h) = &self.host {
-            if h != host {
+            if !h.eq_ignore_ascii_case(host) {
                 return false;
             }
         }

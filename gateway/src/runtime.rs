@@ -65,7 +65,7 @@ pub struct Runtime {
     /// Certificates for SNI selection.
     pub certs: CertSet,
     /// `Strict-Transport-Security` value, if enabled.
-    pub hsts: Option<String>,
+    pub hsts: Option<http::HeaderValue>,
     /// Request limits.
     pub limits: Limits,
     /// JWT providers by name.

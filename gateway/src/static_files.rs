@@ -85,6 +85,8 @@ struct Variant {
     body: Body,
     len: u64,
     etag: HeaderValue,
+    /// `Content-Length` of the whole variant, preformatted.
+    len_header: HeaderValue,
 }
 
 /// Content encodings we serve.
@@ -243,6 +245,7 @@ fn load_variant(path: &Path, len: u64, max_mem: u64, suffix: &str) -> Result<Var
         Ok(Variant {
             len: data.len() as u64,
             etag: etag(&h, suffix),
+            len_header: HeaderValue::from(data.len()),
             body: Body::Memory(Bytes::from(data)),
         })
     } else {
@@ -250,6 +253,7 @@ fn load_variant(path: &Path, len: u64, max_mem: u64, suffix: &str) -> Result<Var
         Ok(Variant {
             len,
             etag: etag(&h, suffix),
+            len_header: HeaderValue::from(len),
             body: Body::Disk(path.to_path_buf()),
         })
     }
@@ -331,6 +335,7 @@ impl AssetBundle {
                         bytes.filter(|c| c.len() < data.len()).map(|c| Variant {
                             len: c.len() as u64,
                             etag: etag(&id_hash, suffix),
+                            len_header: HeaderValue::from(c.len()),
                             body: Body::Memory(Bytes::from(c)),
                         })
                     };
@@ -791,7 +796,11 @@ pub async fn request_filter(
         }
         RangeSpec::Full => (0, variant.len),
     };
-    resp.insert_header(header::CONTENT_LENGTH, (end - start).to_string())?;
+    if end - start == variant.len {
+        resp.insert_header(header::CONTENT_LENGTH, variant.len_header.clone())?;
+    } else {
+        resp.insert_header(header::CONTENT_LENGTH, HeaderValue::from(end - start))?;
+    }
     if head || start == end {
         session.write_response_header(Box::new(resp), true).await?;
         return Ok(());

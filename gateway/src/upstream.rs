@@ -173,6 +173,11 @@ impl Pool {
             .is_some_and(|(_, until)| until.load(Ordering::Relaxed) > now)
     }
 
+    /// Whether selection uses the key (consistent hashing).
+    pub fn hashes(&self) -> bool {
+        self.conf.balance == BalanceConf::ConsistentHash
+    }
+
     /// Marks `addr` as failed for `fail_timeout_ms` (passive health).
     pub fn mark_failed(&self, addr: &PeerAddr) {
         let until = self.now_ms() + self.conf.fail_timeout_ms;

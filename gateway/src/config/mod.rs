@@ -410,7 +410,8 @@ fn build(
         if conf.tls.hsts_include_subdomains {
             v.push_str("; includeSubDomains");
         }
-        v
+        http::HeaderValue::from_str(&v)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("max-age=31536000"))
     });
 
     let security_headers = compile_security_headers(&conf.security_headers, src, problems);
