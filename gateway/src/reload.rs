@@ -207,6 +207,9 @@ fn restart_required(old: &Runtime, new: &Runtime) -> Vec<String> {
     if a.admin != b.admin {
         out.push("listeners.admin".into());
     }
+    if a.write_buffer_bytes != b.write_buffer_bytes || a.read_buffer_bytes != b.read_buffer_bytes {
+        out.push("listeners buffers".into());
+    }
     if a.redirect_https_port != b.redirect_https_port {
         out.push("listeners.redirect_https_port".into());
     }

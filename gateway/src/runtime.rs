@@ -34,6 +34,10 @@ pub struct Listeners {
     pub admin: String,
     /// Port written into HTTPS redirects.
     pub redirect_https_port: u16,
+    /// HTTPS connection write buffer.
+    pub write_buffer_bytes: usize,
+    /// HTTPS connection read buffer.
+    pub read_buffer_bytes: usize,
 }
 
 /// Process settings (restart required to change).

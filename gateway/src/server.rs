@@ -9,6 +9,8 @@ use crate::reload::{ReloadService, Reloader};
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::upstream::HealthService;
 use arc_swap::ArcSwap;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -70,10 +72,13 @@ pub fn build(
         Gateway::new(shared.clone()),
         "gateway https",
     );
-    proxy.add_tls_with_settings(
-        &listeners.https,
-        None,
-        crate::tls::listener_settings(shared.clone()),
+    proxy.add_listener(
+        ListenerConfig::tcp(listeners.https.clone())
+            .tls(crate::tls::listener_settings(shared.clone()))
+            .l4_buffer(L4BufferSettings::new(
+                listeners.read_buffer_bytes,
+                listeners.write_buffer_bytes,
+            )),
     );
     server.add_service(proxy);
 

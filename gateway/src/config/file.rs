@@ -129,6 +129,17 @@ pub struct ListenersConf {
     /// Port written into the HTTPS redirect; default: the port of `https`.
     #[serde(default)]
     pub redirect_https_port: Option<u16>,
+    /// Per-connection write buffer of the HTTPS listener, bytes: a response head and a small
+    /// body leave in one TLS write instead of two. Default 8192.
+    #[serde(default = "default_conn_buffer")]
+    pub write_buffer_bytes: usize,
+    /// Per-connection read buffer of the HTTPS listener, bytes. Default 8192.
+    #[serde(default = "default_conn_buffer")]
+    pub read_buffer_bytes: usize,
+}
+
+fn default_conn_buffer() -> usize {
+    8192
 }
 
 fn default_https() -> Spanned<String> {
@@ -148,6 +159,8 @@ impl Default for ListenersConf {
             http: default_http(),
             admin: default_admin(),
             redirect_https_port: None,
+            write_buffer_bytes: default_conn_buffer(),
+            read_buffer_bytes: default_conn_buffer(),
         }
     }
 }

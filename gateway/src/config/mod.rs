@@ -193,6 +193,8 @@ fn build(
         http: Some(l.http.get_ref().clone()).filter(|s| !s.is_empty()),
         admin: l.admin.get_ref().clone(),
         redirect_https_port: l.redirect_https_port.unwrap_or(https_port),
+        write_buffer_bytes: l.write_buffer_bytes,
+        read_buffer_bytes: l.read_buffer_bytes,
     };
 
     // Certificates.

@@ -46,7 +46,7 @@ fn load(
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
-                        eprintln!("failed: {e}");
+                        eprintln!("failed: {e:?}");
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
