@@ -1,20 +1,37 @@
-//! Request hygiene checked before any routing work: size limits.
+//! Request hygiene, checked first in `request_filter` because it is the cheapest rejection:
+//! it reads only the request head pingora already parsed, and refuses what nginx refuses (and
+//! some of what nginx lets through) before routing, auth or any upstream work.
 //!
-//! Runs first in `request_filter` because it is the cheapest rejection: it reads only the
-//! request head pingora has already parsed.
+//! Every refusal closes the connection (except 405/417, which are well-formed requests): a
+//! request we could not make sense of leaves the byte stream in an unknown state.
 
 use crate::runtime::Limits;
+use http::{Method, Version};
 use pingora_http::RequestHeader;
 
 /// Why a request head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// Header block over `max_header_bytes` → 431.
+    /// Header block, one header, or header count over the limits → 431.
     HeadersTooLarge,
+    /// Request target over `max_uri_bytes` → 414.
+    UriTooLong,
     /// Declared body over `max_body_bytes` → 413.
     BodyTooLarge,
-    /// Unparseable `Content-Length` → 400.
+    /// Unparseable or conflicting `Content-Length` → 400.
     BadContentLength,
+    /// `Transfer-Encoding` other than one `chunked`, or with `Content-Length` → 400.
+    BadTransferEncoding,
+    /// HTTP/1.1 without `Host`, several `Host`s, or an invalid one → 400.
+    BadHost,
+    /// Spaces, control bytes, `"`, `<`, `>`, malformed `%` in the target → 400.
+    BadTarget,
+    /// Header name with `_` (when refused) → 400.
+    BadHeaderName,
+    /// `TRACE`, `CONNECT` → 405.
+    MethodNotAllowed,
+    /// `Expect` other than `100-continue` → 417.
+    UnknownExpect,
 }
 
 impl Rejection {
@@ -22,34 +39,209 @@ impl Rejection {
     pub fn status(self) -> u16 {
         match self {
             Rejection::HeadersTooLarge => 431,
+            Rejection::UriTooLong => 414,
             Rejection::BodyTooLarge => 413,
-            Rejection::BadContentLength => 400,
+            Rejection::MethodNotAllowed => 405,
+            Rejection::UnknownExpect => 417,
+            _ => 400,
         }
     }
+
+    /// Whether the connection must be closed after the answer.
+    pub fn closes(self) -> bool {
+        !matches!(self, Rejection::MethodNotAllowed | Rejection::UnknownExpect)
+    }
+}
+
+/// A byte allowed raw in a request target (RFC 3986 characters, plus `%` checked apart).
+fn target_byte_ok(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'['
+                | b']'
+                | b'%'
+        )
+}
+
+/// Checks the raw request target: allowed bytes and well-formed `%XX` escapes only.
+pub fn check_target(raw: &[u8]) -> bool {
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if !target_byte_ok(b) {
+            return false;
+        }
+        if b == b'%' {
+            let hex = |c: Option<&u8>| c.is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(raw.get(i + 1)) && hex(raw.get(i + 2))) {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// `request_filter` step: checks the head against `limits`.
 pub fn request_filter(req: &RequestHeader, limits: &Limits) -> Result<(), Rejection> {
-    // Count like the wire: "name: value\r\n".
-    let header_bytes: usize = req
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    if header_bytes > limits.max_header_bytes {
+    let raw = req.raw_path();
+    if raw.len() > limits.max_uri_bytes {
+        return Err(Rejection::UriTooLong);
+    }
+    if !check_target(raw) {
+        return Err(Rejection::BadTarget);
+    }
+    if req.headers.len() > limits.max_headers {
         return Err(Rejection::HeadersTooLarge);
     }
-    if let Some(cl) = req.headers.get(http::header::CONTENT_LENGTH) {
-        let n: u64 = cl
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or(Rejection::BadContentLength)?;
-        if n > limits.max_body_bytes {
-            return Err(Rejection::BodyTooLarge);
+    let mut total = 0usize;
+    for (n, v) in &req.headers {
+        let one = n.as_str().len() + v.len() + 4;
+        // Credentials are bounded by the whole-block limit and by the JWT provider's own
+        // token cap, which answers an oversized token with a 401 the client understands.
+        let credential = n == http::header::AUTHORIZATION || n == http::header::COOKIE;
+        if one > limits.max_one_header_bytes && !credential {
+            return Err(Rejection::HeadersTooLarge);
+        }
+        total += one;
+        if limits.reject_underscore_headers && n.as_str().contains('_') {
+            return Err(Rejection::BadHeaderName);
+        }
+    }
+    if total > limits.max_header_bytes {
+        return Err(Rejection::HeadersTooLarge);
+    }
+    if req.method == Method::TRACE || req.method == Method::CONNECT {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    // Host: required and single on HTTP/1.1; valid wherever present.
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(Rejection::BadHost),
+        (None, None) if req.version == Version::HTTP_11 => return Err(Rejection::BadHost),
+        (Some(h), None) => {
+            let ok = h
+                .to_str()
+                .ok()
+                .and_then(crate::redirect::valid_host)
+                .is_some();
+            if !ok {
+                return Err(Rejection::BadHost);
+            }
+            // An absolute-form target must name the same host.
+            if let Some(auth) = req.uri.authority() {
+                if !auth.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
+                    return Err(Rejection::BadHost);
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    // Framing: one unambiguous body length, or none.
+    let mut te = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    let has_te = match (te.next(), te.next()) {
+        (None, _) => false,
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
+        _ => return Err(Rejection::BadTransferEncoding),
+    };
+    let mut declared: Option<u64> = None;
+    for v in req.headers.get_all(http::header::CONTENT_LENGTH) {
+        let text = v.to_str().map_err(|_| Rejection::BadContentLength)?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Rejection::BadContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| Rejection::BadContentLength)?;
+            if declared.is_some_and(|d| d != n) {
+                return Err(Rejection::BadContentLength);
+            }
+            declared = Some(n);
+        }
+    }
+    if has_te && (declared.is_some() || req.version == Version::HTTP_10) {
+        return Err(Rejection::BadTransferEncoding);
+    }
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(Rejection::BodyTooLarge);
+    }
+    if let Some(e) = req.headers.get(http::header::EXPECT) {
+        if !e.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            return Err(Rejection::UnknownExpect);
         }
     }
     Ok(())
+}
+
+/// Whether a raw HTTP/1 head has a header line named `name` (ASCII case-insensitive).
+///
+/// pingora drops `Content-Length` when `Transfer-Encoding` is present (RFC 9112 §6.3) before
+/// our filters run; the raw head is the only place left to see that both were sent.
+pub fn raw_has_header(raw: &[u8], name: &str) -> bool {
+    raw.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && matches!(line[name.len()], b':' | b' ' | b'\t')
+    })
+}
+
+/// Whether the request announces a body (which the gateway may not have read).
+pub fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case
+/// `X-Forwarded-For` is walked from the right to the first untrusted address.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    req: &RequestHeader,
+    trusted: &[ipnet::IpNet],
+) -> (Option<std::net::IpAddr>, bool) {
+    let Some(peer) = peer else {
+        return (None, false);
+    };
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return (Some(peer), false);
+    }
+    let mut client = peer;
+    for v in req.headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(v) = v.to_str() else { break };
+        for part in v.rsplit(',') {
+            match part.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if is_trusted(&ip) => client = ip,
+                Ok(ip) => return (Some(ip), true),
+                Err(_) => return (Some(client), true),
+            }
+        }
+    }
+    (Some(client), true)
 }
 
 #[cfg(test)]
@@ -58,26 +250,195 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_body_bytes: 100,
-        max_header_bytes: 200,
+        max_header_bytes: 300,
+        max_one_header_bytes: 200,
+        max_headers: 10,
+        max_uri_bytes: 64,
+        reject_underscore_headers: true,
+        merge_slashes: true,
     };
 
+    fn req(method: &str, path: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, path, None).expect("req");
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).expect("h");
+        }
+        r
+    }
+
     #[test]
-    fn limits_are_enforced() {
-        let mut req = RequestHeader::build("POST", b"/", None).expect("req");
-        req.insert_header("Content-Length", "100").expect("h");
-        assert_eq!(request_filter(&req, &LIMITS), Ok(()));
-        req.insert_header("Content-Length", "101").expect("h");
-        assert_eq!(request_filter(&req, &LIMITS), Err(Rejection::BodyTooLarge));
-        req.insert_header("Content-Length", "1x").expect("h");
+    fn limits_and_framing() {
+        let host = ("Host", "example.com");
+        let ok = |r: &RequestHeader| request_filter(r, &LIMITS);
+        assert_eq!(ok(&req("GET", b"/", &[host])), Ok(()));
+        assert_eq!(ok(&req("GET", b"/", &[])), Err(Rejection::BadHost));
         assert_eq!(
-            request_filter(&req, &LIMITS),
+            ok(&req("GET", b"/", &[host, host])),
+            Err(Rejection::BadHost)
+        );
+        assert_eq!(
+            ok(&req("GET", b"/", &[("Host", "a@b")])),
+            Err(Rejection::BadHost)
+        );
+        assert_eq!(
+            ok(&req("GET", b"/", &[("Host", "a/b")])),
+            Err(Rejection::BadHost)
+        );
+        assert_eq!(
+            ok(&req("GET", b"/", &[("Host", "a:99999")])),
+            Err(Rejection::BadHost)
+        );
+        assert_eq!(
+            ok(&req("POST", b"/", &[host, ("Content-Length", "100")])),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&req("POST", b"/", &[host, ("Content-Length", "101")])),
+            Err(Rejection::BodyTooLarge)
+        );
+        assert_eq!(
+            ok(&req("POST", b"/", &[host, ("Content-Length", "+5")])),
             Err(Rejection::BadContentLength)
         );
-        req.remove_header("Content-Length");
-        req.insert_header("X-Big", "a".repeat(300)).expect("h");
         assert_eq!(
-            request_filter(&req, &LIMITS),
+            ok(&req("POST", b"/", &[host, ("Content-Length", "5, 6")])),
+            Err(Rejection::BadContentLength)
+        );
+        assert_eq!(
+            ok(&req(
+                "POST",
+                b"/",
+                &[host, ("Content-Length", "5"), ("Content-Length", "6")]
+            )),
+            Err(Rejection::BadContentLength)
+        );
+        assert_eq!(
+            ok(&req(
+                "POST",
+                b"/",
+                &[host, ("Content-Length", "5"), ("Content-Length", "5")]
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&req(
+                "POST",
+                b"/",
+                &[host, ("Transfer-Encoding", "chunked")]
+            )),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&req(
+                "POST",
+                b"/",
+                &[host, ("Transfer-Encoding", "gzip, chunked")]
+            )),
+            Err(Rejection::BadTransferEncoding)
+        );
+        assert_eq!(
+            ok(&req(
+                "POST",
+                b"/",
+                &[
+                    host,
+                    ("Transfer-Encoding", "chunked"),
+                    ("Content-Length", "3")
+                ]
+            )),
+            Err(Rejection::BadTransferEncoding)
+        );
+        assert_eq!(
+            ok(&req(
+                "POST",
+                b"/",
+                &[
+                    host,
+                    ("Transfer-Encoding", "chunked"),
+                    ("Transfer-Encoding", "chunked")
+                ]
+            )),
+            Err(Rejection::BadTransferEncoding)
+        );
+        assert_eq!(
+            ok(&req("GET", b"/", &[host, ("X_Forwarded_For", "1")])),
+            Err(Rejection::BadHeaderName)
+        );
+        assert_eq!(
+            ok(&req("GET", b"/", &[host, ("Expect", "100-continue")])),
+            Ok(())
+        );
+        assert_eq!(
+            ok(&req("GET", b"/", &[host, ("Expect", "200-ok")])),
+            Err(Rejection::UnknownExpect)
+        );
+        assert_eq!(
+            ok(&req("TRACE", b"/", &[host])),
+            Err(Rejection::MethodNotAllowed)
+        );
+        assert_eq!(
+            ok(&req("GET", &[b'/'; 65], &[host])),
+            Err(Rejection::UriTooLong)
+        );
+        assert_eq!(
+            ok(&req("GET", b"/", &[host, ("X-Big", &"a".repeat(250))])),
             Err(Rejection::HeadersTooLarge)
+        );
+    }
+
+    #[test]
+    fn raw_header_lookup() {
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 5\r\n\r\n";
+        assert!(raw_has_header(raw, "content-length"));
+        assert!(!raw_has_header(
+            b"POST /content-length: HTTP/1.1\r\nHost: a\r\n\r\n",
+            "content-length"
+        ));
+        assert!(!raw_has_header(
+            b"GET / HTTP/1.1\r\nX-Content-Length: 1\r\n\r\n",
+            "content-length"
+        ));
+    }
+
+    #[test]
+    fn targets() {
+        assert!(check_target(b"/a/b?c=d&e=%20"));
+        for bad in [
+            &b"/a b"[..],
+            b"/a\"b",
+            b"/<x>",
+            b"/%zz",
+            b"/%2",
+            b"/a\x01",
+            b"/\x7f",
+            b"/a{b}",
+            b"/a\\b",
+        ] {
+            assert!(!check_target(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_peers() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let r = req("GET", b"/", &[("X-Forwarded-For", "203.0.113.9, 10.1.1.1")]);
+        let peer = |s: &str| Some(s.parse().expect("ip"));
+        assert_eq!(
+            client_ip(peer("10.2.2.2"), &r, &trusted),
+            (peer("203.0.113.9"), true)
+        );
+        assert_eq!(
+            client_ip(peer("192.0.2.1"), &r, &trusted),
+            (peer("192.0.2.1"), false)
+        );
+        assert_eq!(
+            client_ip(peer("10.2.2.2"), &r, &[]),
+            (peer("10.2.2.2"), false)
+        );
+        let spoof = req("GET", b"/", &[("X-Forwarded-For", "garbage, 10.1.1.1")]);
+        assert_eq!(
+            client_ip(peer("10.2.2.2"), &spoof, &trusted),
+            (peer("10.1.1.1"), true)
         );
     }
 }

@@ -36,8 +36,13 @@ pub struct Ctx {
     pub request_id: String,
     /// Index of the matched route in `rt.routes`.
     pub route: Option<usize>,
-    /// Client IP (formatted only when a header needs it).
+    /// Client IP (formatted only when a header needs it): the TCP peer, or from
+    /// `X-Forwarded-For` when the peer is a trusted proxy.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The TCP peer's IP.
+    pub peer_ip: Option<std::net::IpAddr>,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-For` is appended to).
+    pub via_trusted_proxy: bool,
     /// Peer of the last attempt (excluded on retry).
     pub peer: Option<PeerAddr>,
     /// Connect attempts so far.
@@ -97,6 +102,8 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             route: None,
             client_ip: None,
+            peer_ip: None,
+            via_trusted_proxy: false,
             peer: None,
             attempts: 0,
             body_bytes: 0,
@@ -113,19 +120,39 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         ctx.request_id =
             request_id::from_client(req.headers.get("x-request-id").map(|v| v.as_bytes()));
-        ctx.client_ip = session
+        ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        (ctx.client_ip, ctx.via_trusted_proxy) =
+            hygiene::client_ip(ctx.peer_ip, req, &ctx.rt.trusted_proxies);
 
-        if let Err(rejection) = hygiene::request_filter(req, &ctx.rt.limits) {
-            // The body (if any) was not read: close rather than reuse a desynchronised stream.
-            response::write_error(session, ctx, rejection.status(), true).await?;
+        let both_te_and_cl = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && session.as_http1().is_some_and(|h1| {
+                hygiene::raw_has_header(&h1.get_headers_raw_bytes(), "content-length")
+            });
+        let verdict = if both_te_and_cl {
+            Err(hygiene::Rejection::BadTransferEncoding)
+        } else {
+            hygiene::request_filter(req, &ctx.rt.limits)
+        };
+        if let Err(rejection) = verdict {
+            let allow = [(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            )];
+            let extra: &[_] = if rejection.status() == 405 {
+                &allow
+            } else {
+                &[]
+            };
+            response::write_error_with(session, ctx, rejection.status(), rejection.closes(), extra)
+                .await?;
             return Ok(true);
         }
 
         let req = session.req_header();
-        ctx.path = match crate::path::normalize(req.uri.path(), true) {
+        ctx.path = match crate::path::normalize(req.uri.path(), ctx.rt.limits.merge_slashes) {
             Ok(p) => p.into_owned(),
             Err(e) => {
                 tracing::debug!(reason = e.reason(), "refused request path");
@@ -231,6 +258,7 @@ impl ProxyHttp for Gateway {
         };
         let host = request_host(session.req_header()).to_string();
         let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let peer_ip = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
         if let Some(id) = &ctx.identity {
             for (name, value) in &id.headers {
                 upstream_request.insert_header(name.clone(), value.clone())?;
@@ -245,6 +273,8 @@ impl ProxyHttp for Gateway {
             upstream_request,
             &upstream::Forwarding {
                 client_ip: &client_ip,
+                peer_ip: &peer_ip,
+                append_forwarded_for: ctx.via_trusted_proxy,
                 host: &host,
                 request_id: &ctx.request_id,
                 new_path: new_path.as_deref(),

@@ -88,6 +88,9 @@ pub async fn write_json(
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     add_common_headers(&mut resp, ctx);
+    // A body we did not read must not be taken for the next request: close instead.
+    let close =
+        close || (crate::hygiene::has_body(session.req_header()) && !session.is_body_done());
     if close {
         resp.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);

@@ -14,13 +14,37 @@ use std::sync::Arc;
 /// The one swappable pointer to the current runtime.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
-/// Request size limits.
+/// Request size limits and strictness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest accepted request body (413 above).
     pub max_body_bytes: u64,
     /// Largest accepted header block, names + values (431 above).
     pub max_header_bytes: usize,
+    /// Largest single header (431 above).
+    pub max_one_header_bytes: usize,
+    /// Most headers (431 above).
+    pub max_headers: usize,
+    /// Longest request target (414 above).
+    pub max_uri_bytes: usize,
+    /// Refuse `_` in header names.
+    pub reject_underscore_headers: bool,
+    /// Merge `//` in paths.
+    pub merge_slashes: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_one_header_bytes: 8192,
+            max_headers: 100,
+            max_uri_bytes: 8192,
+            reject_underscore_headers: true,
+            merge_slashes: true,
+        }
+    }
 }
 
 /// Listener addresses; these only change with a restart.
@@ -72,6 +96,8 @@ pub struct Runtime {
     pub hsts: Option<http::HeaderValue>,
     /// Request limits.
     pub limits: Limits,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// JWT providers by name.
     pub jwt_providers: HashMap<String, Arc<crate::auth::JwtProvider>>,
     /// Identity headers removed from every client request.

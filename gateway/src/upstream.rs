@@ -303,8 +303,12 @@ const HOP_BY_HOP: [&str; 7] = [
 
 /// Facts about the downstream request the upstream request is rewritten with.
 pub struct Forwarding<'a> {
-    /// Client address as seen by the gateway.
+    /// Client address (resolved through trusted proxies).
     pub client_ip: &'a str,
+    /// The TCP peer (a trusted proxy when `append_forwarded_for`).
+    pub peer_ip: &'a str,
+    /// Append the peer to the client's `X-Forwarded-For` (trusted peer) instead of replacing it.
+    pub append_forwarded_for: bool,
     /// Host the client asked for (with port if any).
     pub host: &'a str,
     /// The request id sent upstream and echoed downstream.
@@ -343,14 +347,24 @@ pub fn upstream_request_filter(req: &mut RequestHeader, fwd: &Forwarding<'_>) {
         req.remove_header(&http::header::UPGRADE);
     }
 
-    let xff = match req
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) if !prev.trim().is_empty() => format!("{}, {}", prev.trim(), fwd.client_ip),
-        _ => fwd.client_ip.to_string(),
+    // From an untrusted peer, whatever the client claims is replaced, never passed on.
+    let prev: Vec<&str> = if fwd.append_forwarded_for {
+        req.headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    } else {
+        Vec::new()
     };
+    let xff = if prev.is_empty() {
+        fwd.client_ip.to_string()
+    } else {
+        format!("{}, {}", prev.join(", "), fwd.peer_ip)
+    };
+    req.remove_header("forwarded");
     let _ = req.insert_header("X-Forwarded-For", xff);
     let _ = req.insert_header("X-Forwarded-Proto", "https");
     let _ = req.insert_header("X-Forwarded-Host", fwd.host);
@@ -410,6 +424,8 @@ mod tests {
         req.insert_header("TE", "trailers").expect("h");
         let fwd = Forwarding {
             client_ip: "127.0.0.9",
+            peer_ip: "127.0.0.9",
+            append_forwarded_for: true,
             host: "example.com",
             request_id: "abc",
             new_path: Some("/x?q=1"),
@@ -422,6 +438,20 @@ mod tests {
                 .map(|v| v.to_str().unwrap_or("?").to_string())
         };
         assert_eq!(h("x-forwarded-for").as_deref(), Some("10.0.0.1, 127.0.0.9"));
+        // Untrusted peer: replaced.
+        let mut req2 = RequestHeader::build("GET", b"/", None).expect("req");
+        req2.insert_header("X-Forwarded-For", "6.6.6.6").expect("h");
+        req2.insert_header("Forwarded", "for=6.6.6.6").expect("h");
+        upstream_request_filter(
+            &mut req2,
+            &Forwarding {
+                append_forwarded_for: false,
+                new_path: None,
+                ..fwd
+            },
+        );
+        assert_eq!(req2.headers["x-forwarded-for"], "127.0.0.9");
+        assert!(req2.headers.get("forwarded").is_none());
         assert_eq!(h("x-forwarded-proto").as_deref(), Some("https"));
         assert_eq!(h("x-forwarded-host").as_deref(), Some("example.com"));
         assert_eq!(h("x-real-ip").as_deref(), Some("127.0.0.9"));

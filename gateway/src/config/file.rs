@@ -30,6 +30,9 @@ pub struct GatewayConf {
     /// Request size limits.
     #[serde(default)]
     pub limits: LimitsConf,
+    /// Client address resolution.
+    #[serde(default)]
+    pub client_ip: ClientIpConf,
     /// Security headers on gateway responses.
     #[serde(default)]
     pub security_headers: SecurityHeadersConf,
@@ -201,7 +204,18 @@ pub struct CertificateConf {
     pub default: bool,
 }
 
-/// Request size limits.
+/// Who the client is, behind load balancers.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpConf {
+    /// CIDRs of proxies in front of the gateway. Only when the TCP peer is one of them is
+    /// `X-Forwarded-For` read (from the right, first untrusted address) and appended to;
+    /// otherwise it is replaced. Default `[]`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+/// Request size limits and strictness.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConf {
@@ -211,6 +225,29 @@ pub struct LimitsConf {
     /// Largest request header block in bytes, names + values (431 above). Default 32768.
     #[serde(default = "default_header")]
     pub max_header_bytes: usize,
+    /// Largest single header (name + value) in bytes (431 above); `Authorization` and `Cookie`
+    /// are bounded by `max_header_bytes` and the JWT `max_token_bytes` instead. Default 8192.
+    #[serde(default = "default_one_header")]
+    pub max_one_header_bytes: usize,
+    /// Most request headers (431 above). Default 100.
+    #[serde(default = "default_header_count")]
+    pub max_headers: usize,
+    /// Longest request target in bytes (414 above). Default 8192.
+    #[serde(default = "default_one_header")]
+    pub max_uri_bytes: usize,
+    /// Refuse header names containing `_` (they alias `-` in many stacks). Default true.
+    #[serde(default = "default_true")]
+    pub reject_underscore_headers: bool,
+    /// Merge `//` in paths before routing. Default true.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+}
+
+fn default_one_header() -> usize {
+    8192
+}
+fn default_header_count() -> usize {
+    100
 }
 
 fn default_body() -> u64 {
@@ -225,6 +262,11 @@ impl Default for LimitsConf {
         Self {
             max_body_bytes: default_body(),
             max_header_bytes: default_header(),
+            max_one_header_bytes: default_one_header(),
+            max_headers: default_header_count(),
+            max_uri_bytes: default_one_header(),
+            reject_underscore_headers: true,
+            merge_slashes: true,
         }
     }
 }

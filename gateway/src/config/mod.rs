@@ -417,6 +417,21 @@ fn build(
     });
 
     let security_headers = compile_security_headers(&conf.security_headers, src, problems);
+    let mut trusted_proxies = Vec::new();
+    for c in &conf.client_ip.trusted_proxies {
+        let text = c.get_ref();
+        // A bare address means that one host.
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => problems.push(src.problem(
+                c,
+                format!("[client_ip] `{text}` is not a CIDR or IP address"),
+            )),
+        }
+    }
     // Everything the runtime was built from, for the reload watcher.
     let mut watch_files = vec![src_path(src, base)];
     for c in &conf.tls.certificates {
@@ -475,7 +490,13 @@ fn build(
         limits: Limits {
             max_body_bytes: conf.limits.max_body_bytes,
             max_header_bytes: conf.limits.max_header_bytes,
+            max_one_header_bytes: conf.limits.max_one_header_bytes,
+            max_headers: conf.limits.max_headers,
+            max_uri_bytes: conf.limits.max_uri_bytes,
+            reject_underscore_headers: conf.limits.reject_underscore_headers,
+            merge_slashes: conf.limits.merge_slashes,
         },
+        trusted_proxies,
         listeners,
         threads,
         watch_files,

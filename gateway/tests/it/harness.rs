@@ -343,6 +343,16 @@ impl Gateway {
 
 /// Sends raw bytes over TLS (ALPN http/1.1) and reads until the server closes or `timeout`.
 pub async fn raw_https(port: u16, ca_pem: &str, request: &[u8], timeout: Duration) -> Vec<u8> {
+    raw_https_closed(port, ca_pem, request, timeout).await.0
+}
+
+/// As [`raw_https`], also telling whether the server closed the connection.
+pub async fn raw_https_closed(
+    port: u16,
+    ca_pem: &str,
+    request: &[u8],
+    timeout: Duration,
+) -> (Vec<u8>, bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
@@ -366,10 +376,17 @@ pub async fn raw_https(port: u16, ca_pem: &str, request: &[u8], timeout: Duratio
         )
         .await
         .expect("tls");
-    tls.write_all(request).await.expect("write");
+    let _ = tls.write_all(request).await;
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, tls.read_to_end(&mut out)).await;
-    out
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
 }
 
 /// Status code of a raw HTTP/1.1 response.

@@ -4,6 +4,7 @@ mod browser;
 mod config_check;
 mod harness;
 mod jwt;
+mod probe;
 mod proxy;
 mod reload;
 mod static_files;

@@ -144,7 +144,7 @@ async fn http2_is_negotiated_and_proxied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_forwarded_headers_are_appended_and_hop_by_hop_stripped() {
+async fn forwarded_headers_are_rebuilt_and_hop_by_hop_stripped() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::new(dir.path());
     let (backend, seen) = recording_backend().await;
@@ -175,7 +175,9 @@ async fn client_forwarded_headers_are_appended_and_hop_by_hop_stripped() {
         .to_string();
     assert_ne!(rid, "bad id with spaces");
     let s = seen.lock().expect("log")[0].clone();
-    assert_eq!(s.header("x-forwarded-for"), Some("203.0.113.7, 127.0.0.1"));
+    // The peer is not a trusted proxy: the client's claim is replaced, not passed on.
+    assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(s.header("x-real-ip"), Some("127.0.0.1"));
     assert_eq!(s.header("x-forwarded-proto"), Some("https"));
     assert_eq!(s.header("x-request-id"), Some(rid.as_str()));
     assert_eq!(s.header("x-drop-me"), None);
@@ -478,4 +480,34 @@ async fn websocket_upgrade_is_passed_through() {
     let mut body = vec![0u8; (hdr[1] & 0x7f) as usize];
     tls.read_exact(&mut body).await.expect("echo body");
     assert_eq!(body, b"echo:hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_forwarded_for_is_appended_and_names_the_client() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let (backend, seen) = recording_backend().await;
+    let ports = Ports::new();
+    let conf = api_conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &pool("backend", &[backend.to_string()], ""),
+        "\n[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    );
+    let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+    let r = gw
+        .client()
+        .get(gw.url("/api/x"))
+        .header("X-Forwarded-For", "198.51.100.4, 203.0.113.7")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let s = seen.lock().expect("log")[0].clone();
+    assert_eq!(
+        s.header("x-forwarded-for"),
+        Some("198.51.100.4, 203.0.113.7, 127.0.0.1")
+    );
+    assert_eq!(s.header("x-real-ip"), Some("203.0.113.7"));
 }
