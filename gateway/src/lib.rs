@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod rate_limit;
 pub mod redirect;
 pub mod reload;
 pub mod request_id;

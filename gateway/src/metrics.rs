@@ -78,6 +78,48 @@ pub static AUTH_REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Rate-limit decisions by policy and result (`allowed`, `limited`, `dry_run_limited`).
+pub static RATE_DECISIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_rate_limit_decisions_total",
+                "Rate-limit decisions by policy and result",
+            ),
+            &["policy", "result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Keys tracked per policy (updated by the cleanup task).
+pub static RATE_TRACKED_KEYS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "gateway_rate_limit_tracked_keys",
+                "Keys tracked per rate-limit policy",
+            ),
+            &["policy"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Requests counted in a policy's shared overflow bucket (key cap reached).
+pub static RATE_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_rate_limit_overflow_total",
+                "Requests counted in the shared overflow bucket because the key cap was reached",
+            ),
+            &["policy"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
 /// Generation of the config in force.
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     register(
@@ -174,6 +216,9 @@ pub fn render() -> Vec<u8> {
     Lazy::force(&CONFIG_GENERATION);
     Lazy::force(&AUTH_REJECTIONS);
     Lazy::force(&RELOADS);
+    Lazy::force(&RATE_DECISIONS);
+    Lazy::force(&RATE_TRACKED_KEYS);
+    Lazy::force(&RATE_OVERFLOW);
     Lazy::force(&LAST_RELOAD_SUCCESS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);

@@ -3,7 +3,7 @@
 //! | phase | what runs | module |
 //! |---|---|---|
 //! | `new_ctx` | take the runtime snapshot (one per request) | here |
-//! | `request_filter` | request id → size limits (431/413) → route match (404) → static answer, or fall through to the proxy | [`hygiene`](crate::hygiene), [`route`](crate::route) |
+//! | `request_filter` | request id, client IP (trusted proxies) → hygiene (400/405/413/414/417/431) → one normalised path → route match (404) → strip identity headers → IP/header rate limits (429) → JWT (401/403) → subject rate limits (429) → static answer, or fall through to the proxy | [`hygiene`](crate::hygiene), [`path`](crate::path), [`route`](crate::route), [`rate_limit`](crate::rate_limit), [`auth_filter`](crate::auth_filter), [`static_files`](crate::static_files) |
 //! | `request_body_filter` | count body bytes against the limit (413 for chunked bodies) | here |
 //! | `upstream_peer` | pick a healthy peer of the route's pool; on retry, another one | [`upstream`](crate::upstream) |
 //! | `upstream_request_filter` | hop-by-hop stripping, `X-Forwarded-*`, request id, prefix strip | [`upstream`](crate::upstream) |
@@ -59,6 +59,10 @@ pub struct Ctx {
     pub encoding: Option<crate::static_files::Encoding>,
     /// What the verified token grants (routes with `auth = "jwt"`).
     pub identity: Option<Arc<crate::auth::Identity>>,
+    /// The tightest rate-limit policy that applied, with the requests it has left.
+    pub rate: Option<(Arc<crate::rate_limit::RatePolicy>, u32)>,
+    /// `RateLimit: t=` of a 429 (the retry delay).
+    pub rate_reset_override: Option<u64>,
     /// When the request started.
     pub started: Instant,
 }
@@ -112,6 +116,8 @@ impl ProxyHttp for Gateway {
             body_sent: 0,
             encoding: None,
             identity: None,
+            rate: None,
+            rate_reset_override: None,
             started: Instant::now(),
         }
     }
@@ -172,10 +178,22 @@ impl ProxyHttp for Gateway {
         for h in &rt.strip_headers {
             req.remove_header(h);
         }
-        if let Some(policy) = &rt.routes[idx].auth {
+        let route = &rt.routes[idx];
+        // Cheapest first: IP/header quotas before any token work, subject quotas right after.
+        if !route.rate_rules.is_empty()
+            && !crate::rate_limit::request_filter(session, ctx, route, false).await?
+        {
+            return Ok(true);
+        }
+        if let Some(policy) = &route.auth {
             if !crate::auth_filter::request_filter(session, ctx, policy).await? {
                 return Ok(true);
             }
+        }
+        if route.rate_rules.iter().any(|r| r.policy.needs_subject())
+            && !crate::rate_limit::request_filter(session, ctx, route, true).await?
+        {
+            return Ok(true);
         }
         match &rt.routes[idx].kind {
             RouteKind::Proxy { .. } => Ok(false),

@@ -45,6 +45,7 @@ pub fn add_common_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
     if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
         let _ = resp.insert_header(HeaderName::from_static("x-request-id"), id);
     }
+    crate::rate_limit::add_headers(resp, ctx);
 }
 
 /// Writes a JSON error response. `close` drops the connection afterwards (used when the

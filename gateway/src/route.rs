@@ -37,6 +37,8 @@ pub struct Route {
     pub kind: RouteKind,
     /// JWT policy, if the route requires tokens.
     pub auth: Option<crate::auth::RoutePolicy>,
+    /// Rate-limit rules, in order.
+    pub rate_rules: Vec<crate::rate_limit::RouteRule>,
     /// Metric handles labelled with this route's name.
     pub metrics: crate::metrics::RouteMetrics,
 }
@@ -50,6 +52,7 @@ impl Route {
             host: host.map(str::to_ascii_lowercase),
             kind,
             auth: None,
+            rate_rules: Vec::new(),
             metrics: crate::metrics::RouteMetrics::new(name),
         }
     }

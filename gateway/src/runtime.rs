@@ -96,6 +96,12 @@ pub struct Runtime {
     pub hsts: Option<http::HeaderValue>,
     /// Request limits.
     pub limits: Limits,
+    /// Rate-limit policies by name.
+    pub rate_policies: HashMap<String, Arc<crate::rate_limit::RatePolicy>>,
+    /// Which rate-limit headers to send.
+    pub rate_limit_headers: crate::config::file::RateLimitHeadersConf,
+    /// IPv6 prefix length for rate-limit keys.
+    pub ipv6_prefix: u8,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// JWT providers by name.

@@ -105,7 +105,11 @@ pub fn build(
     ));
     server.add_service(background_service(
         "jwks refresh",
-        crate::auth::JwksService::new(shared),
+        crate::auth::JwksService::new(shared.clone()),
+    ));
+    server.add_service(background_service(
+        "rate limit cleanup",
+        crate::rate_limit::RateLimitService::new(shared.clone()),
     ));
     server.add_service(background_service(
         "config reload",

@@ -42,6 +42,12 @@ pub struct GatewayConf {
     /// Identity headers sent to upstreams.
     #[serde(default)]
     pub identity: IdentityConf,
+    /// Rate-limit policies by name (referenced by routes' `rate_limits`).
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, Spanned<RatePolicyConf>>,
+    /// Rate-limit response headers.
+    #[serde(default)]
+    pub rate_limit_headers: RateLimitHeadersConf,
     /// Upstream pools by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamConf>>,
@@ -205,7 +211,7 @@ pub struct CertificateConf {
 }
 
 /// Who the client is, behind load balancers.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ClientIpConf {
     /// CIDRs of proxies in front of the gateway. Only when the TCP peer is one of them is
@@ -213,6 +219,97 @@ pub struct ClientIpConf {
     /// otherwise it is replaced. Default `[]`.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// IPv6 clients are keyed by this prefix length for rate limiting. Default 64.
+    #[serde(default = "default_v6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+fn default_v6_prefix() -> u8 {
+    64
+}
+
+impl Default for ClientIpConf {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: default_v6_prefix(),
+        }
+    }
+}
+
+/// Window of a rate quota.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PerConf {
+    Second,
+    Minute,
+    Hour,
+}
+
+/// A rate-limit policy.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RatePolicyConf {
+    /// What is counted: `client_ip`, `subject` (verified JWT `sub`, else the client IP),
+    /// `header:<name>` (else the client IP), or several joined with `+`.
+    pub key: String,
+    /// Requests allowed per `per`.
+    pub quota: u32,
+    /// `second`, `minute` or `hour`.
+    pub per: PerConf,
+    /// Requests allowed at once above the steady rate. Default: `quota`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Count and report, but never block. Default false.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Most keys tracked; past it, new keys share one overflow bucket. Default 100000.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// Which rate-limit headers responses carry.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitHeadersConf {
+    /// IETF `RateLimit` (and `RateLimit-Policy`) on allowed responses too. Default true.
+    #[serde(default = "default_true")]
+    pub ratelimit: bool,
+    /// Legacy `X-RateLimit-Limit/Remaining/Reset`. Default false.
+    #[serde(default)]
+    pub x_ratelimit: bool,
+}
+
+impl Default for RateLimitHeadersConf {
+    fn default() -> Self {
+        Self {
+            ratelimit: true,
+            x_ratelimit: false,
+        }
+    }
+}
+
+/// A policy applied by a route, optionally only to some methods and paths.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RouteRateConf {
+    /// Just a policy name: every request of the route.
+    Name(String),
+    /// A policy for some requests.
+    Rule {
+        /// Policy name.
+        policy: String,
+        /// Methods; empty = all.
+        #[serde(default)]
+        methods: Vec<String>,
+        /// Exact paths, or prefixes ending in `/*`; empty = all.
+        #[serde(default)]
+        paths: Vec<String>,
+    },
 }
 
 /// Request size limits and strictness.
@@ -583,6 +680,9 @@ pub struct RouteConf {
     /// servable this long (browsers holding the old shell still load their chunks). Default 600.
     #[serde(default)]
     pub previous_assets_grace_seconds: Option<u64>,
+    /// Rate-limit policies applied, in order: names or `{ policy, methods, paths }`. Default `[]`.
+    #[serde(default)]
+    pub rate_limits: Vec<RouteRateConf>,
     /// `"jwt"` to require a valid token, `"none"` for no check. Default `"none"`.
     #[serde(default)]
     pub auth: Option<Spanned<String>>,

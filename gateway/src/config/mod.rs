@@ -308,6 +308,32 @@ fn build(
         }
     }
 
+    // Rate policies: reused while unchanged so a reload keeps their counters.
+    let mut rate_policies: HashMap<String, Arc<crate::rate_limit::RatePolicy>> = HashMap::new();
+    for (name, pc) in &conf.rate_limits {
+        let reused = previous
+            .and_then(|p| p.rate_policies.get(name))
+            .filter(|p| p.conf == *pc.get_ref())
+            .cloned();
+        match reused {
+            Some(p) => {
+                rate_policies.insert(name.clone(), p);
+            }
+            None => match crate::rate_limit::RatePolicy::try_from_conf(name, pc.get_ref()) {
+                Ok(p) => {
+                    rate_policies.insert(name.clone(), Arc::new(p));
+                }
+                Err(e) => problems.push(src.problem(pc, format!("rate limit `{name}`: {e}"))),
+            },
+        }
+    }
+    if conf.client_ip.ipv6_prefix > 128 {
+        problems.push(Problem {
+            location: src.file.to_string(),
+            message: "[client_ip] ipv6_prefix must be 0..=128".into(),
+        });
+    }
+
     // Routes. Proxy prefixes never fall back to a static shell.
     let proxy_prefixes: Vec<String> = conf
         .routes
@@ -395,9 +421,11 @@ fn build(
             },
         };
         let auth = route_auth(rc, &providers, src, problems);
-        if let (Some(kind), Ok(auth)) = (kind, auth) {
+        let rules = route_rate_rules(rc, &rate_policies, src, r, problems);
+        if let (Some(kind), Ok(auth), Some(rules)) = (kind, auth, rules) {
             let mut route = Route::new(&rc.name, &rc.prefix, rc.host.as_deref(), kind);
             route.auth = auth;
+            route.rate_rules = rules;
             routes.push(route);
         }
     }
@@ -497,6 +525,9 @@ fn build(
             merge_slashes: conf.limits.merge_slashes,
         },
         trusted_proxies,
+        rate_policies,
+        rate_limit_headers: conf.rate_limit_headers,
+        ipv6_prefix: conf.client_ip.ipv6_prefix,
         listeners,
         threads,
         watch_files,
@@ -703,4 +734,61 @@ fn src_path(src: &Source, base: &Path) -> PathBuf {
     } else {
         base.join(p.file_name().unwrap_or_default())
     }
+}
+
+/// Compiles a route's `rate_limits`.
+fn route_rate_rules(
+    rc: &RouteConf,
+    policies: &HashMap<String, Arc<crate::rate_limit::RatePolicy>>,
+    src: &Source,
+    at: &Spanned<RouteConf>,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<crate::rate_limit::RouteRule>> {
+    use crate::config::file::RouteRateConf;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for r in &rc.rate_limits {
+        let (name, methods, paths) = match r {
+            RouteRateConf::Name(n) => (n, &[][..], &[][..]),
+            RouteRateConf::Rule {
+                policy,
+                methods,
+                paths,
+            } => (policy, &methods[..], &paths[..]),
+        };
+        let Some(policy) = policies.get(name) else {
+            if !problems
+                .iter()
+                .any(|p| p.message.contains(&format!("rate limit `{name}`")))
+            {
+                problems.push(src.problem(
+                    at,
+                    format!(
+                        "route `{}`: rate limit policy `{name}` is not defined in [rate_limits]",
+                        rc.name
+                    ),
+                ));
+            }
+            ok = false;
+            continue;
+        };
+        let mut ms = Vec::new();
+        for m in methods {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => ms.push(m),
+                Err(_) => {
+                    problems.push(
+                        src.problem(at, format!("route `{}`: `{m}` is not a method", rc.name)),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        out.push(crate::rate_limit::RouteRule {
+            policy: policy.clone(),
+            methods: ms,
+            paths: paths.to_vec(),
+        });
+    }
+    ok.then_some(out)
 }

@@ -6,6 +6,7 @@ mod harness;
 mod jwt;
 mod probe;
 mod proxy;
+mod rate_limit;
 mod reload;
 mod static_files;
 mod tls;

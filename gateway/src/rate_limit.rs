@@ -1,0 +1,551 @@
+//! Rate limiting at the edge: governor GCRA limiters, one keyed limiter per policy, with a
+//! state store of our own so memory is bounded (a hard cap on tracked keys; past it, new keys
+//! share one overflow bucket) and state survives reloads of unchanged policies.
+//!
+//! Order (see [`crate::proxy`]): policies keyed by IP or header run right after routing, before
+//! any JWT work; policies keyed by `subject` run right after the token is verified. Both come
+//! before static or proxy work. A 429 carries `Retry-After` (whole seconds, rounded up) and the
+//! IETF `RateLimit-Policy` / `RateLimit` headers.
+
+use crate::config::file::{PerConf, RatePolicyConf};
+use crate::runtime::SharedRuntime;
+use async_trait::async_trait;
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+use http::Method;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a request is counted under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    /// A client address (IPv6 masked to the configured prefix).
+    Ip(IpAddr),
+    /// A subject, header value, or a combination.
+    Text(Box<str>),
+    /// Shared by every key past the cap.
+    Overflow,
+}
+
+/// A keyed GCRA state store with a hard cap on keys.
+#[derive(Debug)]
+pub struct CappedStore {
+    map: DashMap<LimitKey, AtomicU64>,
+    max_keys: usize,
+    overflowed: prometheus::IntCounter,
+}
+
+impl CappedStore {
+    fn new(name: &str, max_keys: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            max_keys,
+            overflowed: crate::metrics::RATE_OVERFLOW.with_label_values(&[name]),
+        }
+    }
+}
+
+impl StateStore for CappedStore {
+    type Key = LimitKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &LimitKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let key = if self.map.contains_key(key) || self.map.len() < self.max_keys {
+            key
+        } else {
+            self.overflowed.inc();
+            &LimitKey::Overflow
+        };
+        let cell = match self.map.get(key) {
+            Some(c) => c,
+            None => {
+                self.map
+                    .entry(key.clone())
+                    .or_insert_with(|| AtomicU64::new(0));
+                match self.map.get(key) {
+                    Some(c) => c,
+                    // Removed between insert and get by a concurrent cleanup: treat as fresh.
+                    None => return f(None).map(|(t, _)| t),
+                }
+            }
+        };
+        // The same compare-and-swap loop as governor's in-memory state (0 = no state yet).
+        let mut prev = cell.load(Ordering::Acquire);
+        loop {
+            let (t, next) = f((prev != 0).then(|| Nanos::from(prev)))?;
+            match cell.compare_exchange_weak(
+                prev,
+                next.as_u64(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(t),
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+}
+
+impl ShrinkableKeyedStateStore<LimitKey> for CappedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let below = drop_below.as_u64();
+        self.map.retain(|_, v| v.load(Ordering::Relaxed) > below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+type Limiter = RateLimiter<LimitKey, CappedStore, DefaultClock, StateInformationMiddleware>;
+
+/// One part of a policy key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyPart {
+    ClientIp,
+    Subject,
+    Header(http::HeaderName),
+}
+
+/// Why a policy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("key `{0}`: expected client_ip, subject, header:<name>, or several joined with +")]
+    BadKey(String),
+    #[error("quota and burst must be at least 1")]
+    Zero,
+}
+
+/// A compiled policy with its limiter. Kept across reloads while its definition is unchanged,
+/// so a reload is never a free burst.
+pub struct RatePolicy {
+    /// Configured name.
+    pub name: String,
+    /// The definition (compared on reload).
+    pub conf: RatePolicyConf,
+    key: Vec<KeyPart>,
+    limiter: Limiter,
+    clock: DefaultClock,
+    /// `RateLimit-Policy` value.
+    policy_header: http::HeaderValue,
+    window_secs: u64,
+    burst: u32,
+}
+
+impl std::fmt::Debug for RatePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RatePolicy")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The verdict of one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; `remaining` requests left in the burst.
+    Allowed { remaining: u32 },
+    /// Over the limit; retry after this many whole seconds (≥ 1).
+    Limited { retry_after: u64 },
+}
+
+impl RatePolicy {
+    /// Compiles a policy.
+    pub fn try_from_conf(name: &str, conf: &RatePolicyConf) -> Result<Self, PolicyError> {
+        let mut key = Vec::new();
+        for part in conf.key.split('+').map(str::trim) {
+            key.push(match part {
+                "client_ip" => KeyPart::ClientIp,
+                "subject" => KeyPart::Subject,
+                p => match p.strip_prefix("header:") {
+                    Some(h) => KeyPart::Header(
+                        http::HeaderName::from_bytes(h.trim().as_bytes())
+                            .map_err(|_| PolicyError::BadKey(conf.key.clone()))?,
+                    ),
+                    None => return Err(PolicyError::BadKey(conf.key.clone())),
+                },
+            });
+        }
+        let quota_n = NonZeroU32::new(conf.quota).ok_or(PolicyError::Zero)?;
+        let burst = NonZeroU32::new(conf.burst.unwrap_or(conf.quota)).ok_or(PolicyError::Zero)?;
+        let window_secs = match conf.per {
+            PerConf::Second => 1,
+            PerConf::Minute => 60,
+            PerConf::Hour => 3600,
+        };
+        let quota = match conf.per {
+            PerConf::Second => Quota::per_second(quota_n),
+            PerConf::Minute => Quota::per_minute(quota_n),
+            PerConf::Hour => Quota::per_hour(quota_n),
+        }
+        .allow_burst(burst);
+        let clock = DefaultClock::default();
+        let limiter: Limiter = RateLimiter::<_, _, _, StateInformationMiddleware>::new(
+            quota,
+            CappedStore::new(name, conf.max_keys.max(1)),
+            clock.clone(),
+        );
+        let policy_header =
+            http::HeaderValue::from_str(&format!("\"{name}\";q={};w={window_secs}", conf.quota))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("\"policy\""));
+        Ok(Self {
+            name: name.to_string(),
+            conf: conf.clone(),
+            key,
+            limiter,
+            clock,
+            policy_header,
+            window_secs,
+            burst: burst.get(),
+        })
+    }
+
+    /// Whether the key needs the verified subject (so the check runs after JWT).
+    pub fn needs_subject(&self) -> bool {
+        self.key.contains(&KeyPart::Subject)
+    }
+
+    /// Builds the key of a request.
+    pub fn key(
+        &self,
+        client: Option<IpAddr>,
+        v6_prefix: u8,
+        subject: Option<&str>,
+        req: &pingora_http::RequestHeader,
+    ) -> LimitKey {
+        let ip = client.map(|ip| mask(ip, v6_prefix));
+        if let [KeyPart::ClientIp] = self.key.as_slice() {
+            return ip.map_or(LimitKey::Text("-".into()), LimitKey::Ip);
+        }
+        let ip_text = || ip.map_or_else(|| "-".to_string(), |i| i.to_string());
+        let mut out = String::new();
+        for (i, part) in self.key.iter().enumerate() {
+            if i > 0 {
+                out.push('\u{1f}');
+            }
+            match part {
+                KeyPart::ClientIp => out.push_str(&ip_text()),
+                KeyPart::Subject => match subject {
+                    Some(s) => {
+                        out.push_str("sub:");
+                        out.push_str(s);
+                    }
+                    None => out.push_str(&ip_text()),
+                },
+                KeyPart::Header(h) => match req.headers.get(h).and_then(|v| v.to_str().ok()) {
+                    Some(v) => {
+                        out.push_str("h:");
+                        out.push_str(v);
+                    }
+                    None => out.push_str(&ip_text()),
+                },
+            }
+        }
+        LimitKey::Text(out.into_boxed_str())
+    }
+
+    /// Counts one request under `key`.
+    pub fn check(&self, key: &LimitKey) -> Decision {
+        match self.limiter.check_key(key) {
+            Ok(snapshot) => Decision::Allowed {
+                remaining: snapshot.remaining_burst_capacity(),
+            },
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                // Whole seconds, rounded up, at least 1.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Decision::Limited {
+                    retry_after: secs.max(1),
+                }
+            }
+        }
+    }
+
+    /// `RateLimit-Policy` value.
+    pub fn policy_header(&self) -> &http::HeaderValue {
+        &self.policy_header
+    }
+
+    /// Seconds until a bucket with `remaining` left is full again (for `RateLimit: t=`).
+    pub fn reset_secs(&self, remaining: u32) -> u64 {
+        let used = u64::from(self.burst.saturating_sub(remaining));
+        let per_unit = self.window_secs as f64 / f64::from(self.conf.quota.max(1));
+        (used as f64 * per_unit).ceil() as u64
+    }
+
+    /// Limit for `X-RateLimit-Limit`.
+    pub fn limit(&self) -> u32 {
+        self.conf.quota
+    }
+
+    /// Keys currently tracked.
+    pub fn tracked_keys(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Drops keys whose state is back to fresh and returns memory.
+    pub fn cleanup(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// Masks an IPv6 address to `prefix` bits (clients get whole /64s from their ISP).
+pub fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let p = u32::from(prefix.min(128));
+            let m = if p == 0 { 0 } else { u128::MAX << (128 - p) };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+/// A policy as applied by a route.
+#[derive(Debug)]
+pub struct RouteRule {
+    /// The policy.
+    pub policy: Arc<RatePolicy>,
+    /// Methods; empty = all.
+    pub methods: Vec<Method>,
+    /// Exact paths or `/prefix/*`; empty = all.
+    pub paths: Vec<String>,
+}
+
+impl RouteRule {
+    /// Whether the rule applies to `method path`.
+    pub fn applies(&self, method: &Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && (self.paths.is_empty()
+                || self.paths.iter().any(|p| match p.strip_suffix("/*") {
+                    Some(prefix) => crate::route::prefix_matches(prefix, path),
+                    None => p == path,
+                }))
+    }
+}
+
+/// Background service: periodic cleanup of every policy's state, and the tracked-keys gauge.
+pub struct RateLimitService {
+    runtime: SharedRuntime,
+}
+
+impl RateLimitService {
+    /// Over the shared runtime.
+    pub fn new(runtime: SharedRuntime) -> Self {
+        Self { runtime }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for RateLimitService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let rt = self.runtime.load_full();
+            for p in rt.rate_policies.values() {
+                p.cleanup();
+                crate::metrics::RATE_TRACKED_KEYS
+                    .with_label_values(&[p.name.as_str()])
+                    .set(p.tracked_keys() as i64);
+            }
+        }
+    }
+}
+
+/// `request_filter` step: applies the route's rules whose key needs (or does not need, before
+/// auth) the verified subject. Returns `Ok(false)` when a 429 was written.
+pub async fn request_filter(
+    session: &mut pingora_proxy::Session,
+    ctx: &mut crate::proxy::Ctx,
+    route: &crate::route::Route,
+    subject_phase: bool,
+) -> pingora_core::Result<bool> {
+    let method = session.req_header().method.clone();
+    let subject = ctx.identity.as_ref().and_then(|i| i.sub.clone());
+    for rule in &route.rate_rules {
+        if rule.policy.needs_subject() != subject_phase || !rule.applies(&method, &ctx.path) {
+            continue;
+        }
+        let p = &rule.policy;
+        let key = p.key(
+            ctx.client_ip,
+            ctx.rt.ipv6_prefix,
+            subject.as_deref(),
+            session.req_header(),
+        );
+        let decisions = &crate::metrics::RATE_DECISIONS;
+        match p.check(&key) {
+            Decision::Allowed { remaining } => {
+                decisions
+                    .with_label_values(&[p.name.as_str(), "allowed"])
+                    .inc();
+                // Report the tightest policy.
+                if ctx.rate.as_ref().is_none_or(|(_, r)| remaining < *r) {
+                    ctx.rate = Some((p.clone(), remaining));
+                }
+            }
+            Decision::Limited { retry_after } if p.conf.dry_run => {
+                decisions
+                    .with_label_values(&[p.name.as_str(), "dry_run_limited"])
+                    .inc();
+                tracing::info!(policy = %p.name, retry_after, "rate limit exceeded (dry run, not enforced)");
+            }
+            Decision::Limited { retry_after } => {
+                decisions
+                    .with_label_values(&[p.name.as_str(), "limited"])
+                    .inc();
+                ctx.rate = Some((p.clone(), 0));
+                let body = serde_json::json!({
+                    "error": "rate_limited",
+                    "retry_after": retry_after,
+                    "request_id": ctx.request_id,
+                });
+                let mut extra = vec![(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from(retry_after),
+                )];
+                if !ctx.rt.rate_limit_headers.ratelimit {
+                    // Still tell the client which policy and when, even with headers off.
+                    extra.push((
+                        http::HeaderName::from_static("ratelimit-policy"),
+                        p.policy_header().clone(),
+                    ));
+                }
+                let reset = retry_after;
+                ctx.rate_reset_override = Some(reset);
+                crate::response::write_json(
+                    session,
+                    ctx,
+                    429,
+                    bytes::Bytes::from(body.to_string()),
+                    false,
+                    &extra,
+                )
+                .await?;
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Adds the rate-limit headers for the tightest policy that applied.
+pub fn add_headers(resp: &mut pingora_http::ResponseHeader, ctx: &crate::proxy::Ctx) {
+    let Some((p, remaining)) = &ctx.rate else {
+        return;
+    };
+    let h = ctx.rt.rate_limit_headers;
+    let reset = ctx
+        .rate_reset_override
+        .unwrap_or_else(|| p.reset_secs(*remaining));
+    if h.ratelimit {
+        let _ = resp.insert_header("RateLimit-Policy", p.policy_header().clone());
+        let _ = resp.insert_header(
+            "RateLimit",
+            format!("\"{}\";r={remaining};t={reset}", p.name),
+        );
+    }
+    if h.x_ratelimit {
+        let _ = resp.insert_header("X-RateLimit-Limit", http::HeaderValue::from(p.limit()));
+        let _ = resp.insert_header("X-RateLimit-Remaining", http::HeaderValue::from(*remaining));
+        let _ = resp.insert_header("X-RateLimit-Reset", http::HeaderValue::from(reset));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(quota: u32, burst: u32, max_keys: usize) -> RatePolicy {
+        let conf: RatePolicyConf = toml::from_str(&format!(
+            "key = \"client_ip\"\nquota = {quota}\nper = \"second\"\nburst = {burst}\nmax_keys = {max_keys}\n"
+        ))
+        .expect("conf");
+        RatePolicy::try_from_conf("p", &conf).expect("policy")
+    }
+
+    fn ip(s: &str) -> LimitKey {
+        LimitKey::Ip(s.parse().expect("ip"))
+    }
+
+    #[test]
+    fn burst_then_limited_with_retry_after() {
+        let p = policy(1, 3, 100);
+        let k = ip("127.0.0.2");
+        for left in [2, 1, 0] {
+            assert_eq!(p.check(&k), Decision::Allowed { remaining: left });
+        }
+        assert_eq!(p.check(&k), Decision::Limited { retry_after: 1 });
+        // Another source has its own bucket.
+        assert_eq!(
+            p.check(&ip("127.0.0.3")),
+            Decision::Allowed { remaining: 2 }
+        );
+    }
+
+    #[test]
+    fn minute_quota_rounds_retry_after_up() {
+        let conf: RatePolicyConf =
+            toml::from_str("key = \"client_ip\"\nquota = 2\nper = \"minute\"\nburst = 1\n")
+                .expect("conf");
+        let p = RatePolicy::try_from_conf("m", &conf).expect("p");
+        let k = ip("10.0.0.1");
+        assert!(matches!(p.check(&k), Decision::Allowed { .. }));
+        match p.check(&k) {
+            Decision::Limited { retry_after } => {
+                assert!((29..=30).contains(&retry_after), "{retry_after}")
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded_and_released() {
+        let p = policy(1000, 1000, 10_000);
+        for i in 0..200_000u32 {
+            let k = LimitKey::Ip(IpAddr::V4(i.into()));
+            let _ = p.check(&k);
+        }
+        assert!(p.tracked_keys() <= 10_001, "{}", p.tracked_keys());
+        // After the buckets refill, cleanup releases them all.
+        std::thread::sleep(Duration::from_millis(1100));
+        p.cleanup();
+        assert_eq!(p.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn ipv6_is_keyed_by_prefix() {
+        let a = mask("2001:db8:1:2:aaaa::1".parse().expect("ip"), 64);
+        let b = mask("2001:db8:1:2:bbbb::9".parse().expect("ip"), 64);
+        let c = mask("2001:db8:1:3::1".parse().expect("ip"), 64);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

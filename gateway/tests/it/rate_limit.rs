@@ -1,0 +1,247 @@
+//! Rate limiting through the real gateway: burst, 429 headers, recovery, keys, reload.
+
+use crate::harness::*;
+use std::net::IpAddr;
+use std::time::Duration;
+
+fn conf(
+    dir: &std::path::Path,
+    ports: &Ports,
+    certs: &TestCerts,
+    backend: &str,
+    extra: &str,
+    route_extra: &str,
+) -> String {
+    format!(
+        "{}{}{}\n[rate_limits.per_ip]\nkey = \"client_ip\"\nquota = 1\nper = \"second\"\nburst = 2\n{extra}\n\
+         [[routes]]\nname = \"api\"\nprefix = \"/api\"\nkind = \"proxy\"\nupstream = \"backend\"\n{route_extra}\n",
+        ports.sections(dir),
+        tls_section(certs),
+        pool("backend", &[backend.to_string()], "")
+    )
+}
+
+fn client_from(gw: &Gateway, ip: &str) -> reqwest::Client {
+    gw.client_builder()
+        .local_address(ip.parse::<IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_then_429_with_headers_then_recovery_and_per_source_buckets() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let (backend, seen) = recording_backend().await;
+    let ports = Ports::new();
+    let text = conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &backend.to_string(),
+        "",
+        "rate_limits = [\"per_ip\"]",
+    );
+    let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
+    let a = client_from(&gw, "127.0.0.2");
+    for left in [1, 0] {
+        let r = a.get(gw.url("/api/x")).send().await.expect("req");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-policy"], "\"per_ip\";q=1;w=1");
+        assert!(r.headers()["ratelimit"]
+            .to_str()
+            .expect("h")
+            .starts_with(&format!("\"per_ip\";r={left};t=")));
+    }
+    let r = a.get(gw.url("/api/x")).send().await.expect("req");
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["ratelimit"], "\"per_ip\";r=0;t=1");
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["error"], "rate_limited");
+    assert_eq!(v["retry_after"], 1);
+    assert_eq!(
+        seen.lock().expect("log").len(),
+        2,
+        "the limited request never reached the backend"
+    );
+
+    // Another source address has its own bucket; a forged X-Forwarded-For from an untrusted
+    // peer changes nothing.
+    let b = client_from(&gw, "127.0.0.3");
+    assert_eq!(
+        b.get(gw.url("/api/x")).send().await.expect("b").status(),
+        200
+    );
+    let r = a
+        .get(gw.url("/api/x"))
+        .header("X-Forwarded-For", "198.51.100.1")
+        .send()
+        .await
+        .expect("forged");
+    assert_eq!(r.status(), 429);
+
+    // After Retry-After, requests pass again.
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(
+        a.get(gw.url("/api/x"))
+            .send()
+            .await
+            .expect("again")
+            .status(),
+        200
+    );
+    assert!(
+        metric(
+            &gw,
+            "gateway_rate_limit_decisions_total{policy=\"per_ip\",result=\"limited\"}"
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_forwarded_for_picks_the_bucket() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let (backend, _) = recording_backend().await;
+    let ports = Ports::new();
+    let text = conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &backend.to_string(),
+        "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        "rate_limits = [\"per_ip\"]",
+    );
+    let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
+    let c = gw.client();
+    for _ in 0..2 {
+        let r = c
+            .get(gw.url("/api/x"))
+            .header("X-Forwarded-For", "198.51.100.1")
+            .send()
+            .await
+            .expect("r");
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .get(gw.url("/api/x"))
+        .header("X-Forwarded-For", "198.51.100.1")
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(r.status(), 429);
+    let r = c
+        .get(gw.url("/api/x"))
+        .header("X-Forwarded-For", "198.51.100.2")
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(
+        r.status(),
+        200,
+        "a different client behind the trusted proxy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_an_unrelated_change_keeps_counters() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let (backend, _) = recording_backend().await;
+    let ports = Ports::new();
+    let text = conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &backend.to_string(),
+        "",
+        "rate_limits = [\"per_ip\"]",
+    );
+    let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
+    let c = gw.client();
+    for _ in 0..2 {
+        assert_eq!(
+            c.get(gw.url("/api/x")).send().await.expect("r").status(),
+            200
+        );
+    }
+    write_atomic(
+        &dir.path().join("gateway.toml"),
+        &text.replace("[tls]", "[tls]\nhsts_max_age = 77"),
+    );
+    let (status, body) = admin_reload(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    let r = c.get(gw.url("/api/x")).send().await.expect("r");
+    assert_eq!(
+        r.headers()["strict-transport-security"],
+        "max-age=77",
+        "reload applied"
+    );
+    assert_eq!(r.status(), 429, "the bucket survived the reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_behind_one_address_have_separate_subject_quotas() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let (backend, _) = recording_backend().await;
+    let secret = [9u8; 32];
+    std::fs::write(dir.path().join("secret"), secret).expect("secret");
+    let ports = Ports::new();
+    let extra = format!(
+        "[rate_limits.per_user]\nkey = \"subject\"\nquota = 1\nper = \"minute\"\nburst = 1\n\
+         [jwt_providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\nsecret_file = \"{}\"\n",
+        dir.path().join("secret").display()
+    );
+    let text = conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &backend.to_string(),
+        &extra,
+        "auth = \"jwt\"\nauth_provider = \"p\"\nrate_limits = [\"per_user\"]",
+    );
+    let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
+    let token = |sub: &str| {
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 300;
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"iss": "i", "aud": "a", "sub": sub, "exp": exp}),
+            &EncodingKey::from_secret(&secret),
+        )
+        .expect("sign")
+    };
+    let c = gw.client();
+    let (ann, bob) = (token("ann"), token("bob"));
+    assert_eq!(
+        c.get(gw.url("/api/x"))
+            .bearer_auth(&ann)
+            .send()
+            .await
+            .expect("r")
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(gw.url("/api/x"))
+            .bearer_auth(&ann)
+            .send()
+            .await
+            .expect("r")
+            .status(),
+        429
+    );
+    assert_eq!(
+        c.get(gw.url("/api/x"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .expect("r")
+            .status(),
+        200
+    );
+}
