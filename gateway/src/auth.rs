@@ -902,8 +902,11 @@ impl BackgroundService for JwksService {
             let rt = self.runtime.load_full();
             for p in rt.jwt_providers.values() {
                 if p.needs_refresh() {
-                    if let Err(e) = p.fetch_jwks().await {
-                        tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys");
+                    match p.fetch_jwks().await {
+                        Ok(()) => crate::metrics::describe_runtime(&rt),
+                        Err(e) => {
+                            tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys")
+                        }
                     }
                 }
             }

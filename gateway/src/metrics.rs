@@ -12,6 +12,13 @@ use std::time::Duration;
 /// The registry served on the admin listener.
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
+/// Process RSS, CPU, open fds (from /proc).
+static PROCESS: Lazy<()> = Lazy::new(|| {
+    let _ = REGISTRY.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+});
+
 fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
     // Registration fails only on a duplicate name, which is a programming error caught in tests.
     let _ = REGISTRY.register(Box::new(c.clone()));
@@ -24,9 +31,9 @@ pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
         IntCounterVec::new(
             Opts::new(
                 "gateway_requests_total",
-                "Requests handled, by route and status class",
+                "Requests handled, by route, method and status class",
             ),
-            &["route", "status"],
+            &["route", "method", "status"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
     )
@@ -50,7 +57,7 @@ pub static DURATION: Lazy<HistogramVec> = Lazy::new(|| {
     )
 });
 
-/// Upstream errors by pool and kind (`connect`, `timeout`, `bad_gateway`).
+/// Upstream errors by pool and kind (`connect`, `timeout`, `bad_gateway`, `no_healthy_peer`).
 pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     register(
         IntCounterVec::new(
@@ -120,6 +127,122 @@ pub static RATE_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Static responses by route, status class and encoding.
+pub static STATIC_RESPONSES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_static_responses_total",
+                "Static responses by route, status class and encoding",
+            ),
+            &["route", "status", "encoding"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Upstream response time by pool.
+pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_upstream_duration_seconds",
+                "Time from peer choice to the upstream response head, by pool",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["pool"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// 1 when a peer passes its active health check.
+pub static PEER_HEALTHY: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "gateway_upstream_peer_healthy",
+                "1 if the peer passes its health check",
+            ),
+            &["pool", "peer"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Certificate expiry, Unix seconds.
+pub static CERT_NOT_AFTER: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "gateway_certificate_not_after_seconds",
+                "Certificate notAfter as a Unix timestamp",
+            ),
+            &["name"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Last successful JWKS fetch, Unix seconds.
+pub static JWKS_LAST_SUCCESS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "gateway_jwks_last_success_seconds",
+                "Last successful JWKS load, Unix timestamp",
+            ),
+            &["provider"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// TLS handshakes completed, by protocol version.
+pub static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_handshakes_total",
+                "Completed TLS handshakes by version",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Access log lines dropped because the writer could not keep up.
+pub static ACCESS_LOG_DROPPED: Lazy<prometheus::IntCounter> = Lazy::new(|| {
+    register(
+        prometheus::IntCounter::new(
+            "gateway_access_log_dropped_total",
+            "Access log lines dropped under backpressure",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Sets the gauges that describe a runtime (certificates, providers).
+pub fn describe_runtime(rt: &crate::runtime::Runtime) {
+    for c in &rt.certs.certs {
+        CERT_NOT_AFTER
+            .with_label_values(&[c.name.as_str()])
+            .set(c.not_after);
+    }
+    for p in rt.jwt_providers.values() {
+        let t = p.last_success.load(std::sync::atomic::Ordering::Relaxed);
+        if t > 0 {
+            JWKS_LAST_SUCCESS
+                .with_label_values(&[p.name.as_str()])
+                .set(t as i64);
+        }
+    }
+}
+
 /// Generation of the config in force.
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     register(
@@ -166,13 +289,17 @@ pub fn reloaded(ok: bool, generation: u64) {
 }
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
 
 /// A route's metric handles, resolved once when the route is compiled so the `logging` phase
 /// does no label hashing or registry locking.
 #[derive(Clone)]
 pub struct RouteMetrics {
-    by_class: [prometheus::IntCounter; 6],
+    by_method_class: Vec<prometheus::IntCounter>,
     duration: prometheus::Histogram,
+    name: String,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -181,27 +308,52 @@ impl std::fmt::Debug for RouteMetrics {
     }
 }
 
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
 impl RouteMetrics {
     /// Handles for `route`.
     pub fn new(route: &str) -> Self {
+        let mut by_method_class = Vec::with_capacity(METHODS.len() * CLASSES.len());
+        for m in METHODS {
+            for c in CLASSES {
+                by_method_class.push(REQUESTS.with_label_values(&[route, m, c]));
+            }
+        }
         Self {
-            by_class: CLASSES.map(|c| REQUESTS.with_label_values(&[route, c])),
+            by_method_class,
             duration: DURATION.with_label_values(&[route]),
+            name: route.to_string(),
         }
     }
 
     /// Records one finished request (called from the `logging` phase).
-    pub fn record(&self, status: u16, elapsed: Duration) {
-        let i = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            500..=599 => 4,
-            _ => 5,
-        };
-        self.by_class[i].inc();
+    pub fn record(&self, method: &http::Method, status: u16, elapsed: Duration) {
+        let m = METHODS
+            .iter()
+            .position(|x| *x == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        self.by_method_class[m * CLASSES.len() + class_index(status)].inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a static response by status and encoding.
+    pub fn record_static(&self, status: u16, encoding: crate::static_files::Encoding) {
+        STATIC_RESPONSES
+            .with_label_values(&[
+                self.name.as_str(),
+                CLASSES[class_index(status)],
+                encoding.as_str(),
+            ])
+            .inc();
     }
 }
 
@@ -219,6 +371,14 @@ pub fn render() -> Vec<u8> {
     Lazy::force(&RATE_DECISIONS);
     Lazy::force(&RATE_TRACKED_KEYS);
     Lazy::force(&RATE_OVERFLOW);
+    Lazy::force(&STATIC_RESPONSES);
+    Lazy::force(&UPSTREAM_DURATION);
+    Lazy::force(&PEER_HEALTHY);
+    Lazy::force(&CERT_NOT_AFTER);
+    Lazy::force(&JWKS_LAST_SUCCESS);
+    Lazy::force(&TLS_HANDSHAKES);
+    Lazy::force(&ACCESS_LOG_DROPPED);
+    Lazy::force(&PROCESS);
     Lazy::force(&LAST_RELOAD_SUCCESS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);

@@ -63,6 +63,10 @@ pub struct Ctx {
     pub rate: Option<(Arc<crate::rate_limit::RatePolicy>, u32)>,
     /// `RateLimit: t=` of a 429 (the retry delay).
     pub rate_reset_override: Option<u64>,
+    /// When the upstream peer was chosen (for upstream timing).
+    pub upstream_started: Option<Instant>,
+    /// Milliseconds from peer choice to the upstream response head.
+    pub upstream_ms: Option<f64>,
     /// When the request started.
     pub started: Instant,
 }
@@ -118,6 +122,8 @@ impl ProxyHttp for Gateway {
             identity: None,
             rate: None,
             rate_reset_override: None,
+            upstream_started: None,
+            upstream_ms: None,
             started: Instant::now(),
         }
     }
@@ -236,6 +242,9 @@ impl ProxyHttp for Gateway {
             _ => Vec::new(),
         };
         let Some(addr) = pool.select(&key, ctx.peer.as_ref()) else {
+            metrics::UPSTREAM_ERRORS
+                .with_label_values(&[pool.name.as_str(), "no_healthy_peer"])
+                .inc();
             return Error::e_explain(
                 ErrorType::HTTPStatus(502),
                 format!("pool {} has no healthy peer", pool.name),
@@ -245,6 +254,7 @@ impl ProxyHttp for Gateway {
             Error::explain(ErrorType::InternalError, "peer is not an inet address")
         })?;
         ctx.peer = Some(addr);
+        ctx.upstream_started = Some(Instant::now());
         Ok(peer)
     }
 
@@ -331,6 +341,13 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(t) = ctx.upstream_started {
+            let secs = t.elapsed().as_secs_f64();
+            ctx.upstream_ms = Some(secs * 1000.0);
+            if let Some(RouteKind::Proxy { pool, .. }) = ctx.route.map(|i| &ctx.rt.routes[i].kind) {
+                pool.observe_upstream(secs);
+            }
+        }
         response::response_filter(upstream_response, ctx);
         Ok(())
     }
@@ -353,7 +370,8 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        if code == 504 || code == 502 {
+        let ours = matches!(e.etype(), ErrorType::HTTPStatus(_));
+        if (code == 504 || code == 502) && !ours {
             if let Some(RouteKind::Proxy { pool, .. }) = ctx.route.map(|i| &ctx.rt.routes[i].kind) {
                 let kind = if code == 504 {
                     "timeout"
@@ -387,7 +405,13 @@ impl ProxyHttp for Gateway {
         let m = ctx
             .route
             .map_or(&*metrics::NO_ROUTE, |i| &ctx.rt.routes[i].metrics);
-        m.record(status, ctx.started.elapsed());
+        m.record(&session.req_header().method, status, ctx.started.elapsed());
+        if let Some(enc) = ctx.encoding {
+            m.record_static(status, enc);
+        }
+        if ctx.rt.access_log {
+            crate::logging::write(crate::logging::access_line(session, ctx, status));
+        }
     }
 }
 

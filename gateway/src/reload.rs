@@ -163,6 +163,7 @@ impl Reloader {
                 next.process = current.process.clone();
                 let hash = fingerprint(&next);
                 let generation = next.generation;
+                crate::metrics::describe_runtime(&next);
                 self.runtime.store(Arc::new(next));
                 crate::metrics::reloaded(true, generation);
                 for r in &restart {
@@ -256,14 +257,31 @@ fn watch_set(rt: &Runtime) -> Vec<(PathBuf, bool)> {
     set
 }
 
+/// Whether an event path concerns the runtime: a watched file (by name, in its directory), a
+/// Kubernetes `..data`-style entry, or anything under a static root. Other files living next
+/// to the config (logs, editors' swap files) do not trigger reloads.
+fn relevant(path: &Path, files: &[PathBuf], roots: &[PathBuf]) -> bool {
+    if roots.iter().any(|r| path.starts_with(r)) {
+        return true;
+    }
+    let name = path.file_name();
+    name.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+        || files.iter().any(|f| f.file_name() == name)
+}
+
 fn make_watcher(
+    rt: &Runtime,
     set: &[(PathBuf, bool)],
     tx: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
+    let files = rt.watch_files.clone();
+    let roots = rt.watch_dirs.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.send(());
+        if let Ok(ev) = res {
+            if ev.paths.iter().any(|p| relevant(p, &files, &roots)) {
+                let _ = tx.send(());
+            }
         }
     })
     .map_err(|e| tracing::warn!(error = %e, "file watcher unavailable; relying on polling"))
@@ -286,7 +304,7 @@ impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut set = watch_set(&self.reloader.runtime.load());
-        let mut watcher = make_watcher(&set, tx.clone());
+        let mut watcher = make_watcher(&self.reloader.runtime.load(), &set, tx.clone());
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut poll = tokio::time::interval(Duration::from_secs(5));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -295,10 +313,15 @@ impl BackgroundService for ReloadService {
             let (trigger, force) = tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = rx.recv() => {
-                    // Debounce: wait for 200 ms of quiet.
-                    while let Ok(Some(())) =
-                        tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
-                    {}
+                    // Debounce: wait for 200 ms of quiet, but never more than 1 s in all, so a
+                    // steady trickle of events cannot starve reloads.
+                    let started = tokio::time::Instant::now();
+                    while started.elapsed() < Duration::from_secs(1) {
+                        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                            Ok(Some(())) => continue,
+                            _ => break,
+                        }
+                    }
                     ("watch", false)
                 }
                 _ = async {
@@ -315,7 +338,7 @@ impl BackgroundService for ReloadService {
             let next = watch_set(&self.reloader.runtime.load());
             if next != set {
                 set = next;
-                watcher = make_watcher(&set, tx.clone());
+                watcher = make_watcher(&self.reloader.runtime.load(), &set, tx.clone());
             }
             let _ = &watcher;
         }

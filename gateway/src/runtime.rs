@@ -120,6 +120,8 @@ pub struct Runtime {
     pub watch_files: Vec<std::path::PathBuf>,
     /// Directories served (static roots): watched recursively.
     pub watch_dirs: Vec<std::path::PathBuf>,
+    /// Write JSON access lines.
+    pub access_log: bool,
     /// Bearer token for admin `/config` and `/reload`.
     pub admin_token: Option<String>,
 }

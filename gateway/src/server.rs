@@ -62,6 +62,7 @@ pub fn build(
     };
     let listeners = runtime.listeners.clone();
     crate::metrics::CONFIG_GENERATION.set(runtime.generation as i64);
+    crate::metrics::describe_runtime(&runtime);
     let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
 
     let mut server = Server::new_with_opt_and_conf(opt, conf);

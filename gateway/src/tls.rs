@@ -265,12 +265,38 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
+/// `TLSv1_3` (rustls' spelling) → `TLSv1.3` (what operators read everywhere else).
+pub fn version_label(v: &str) -> &'static str {
+    match v {
+        "TLSv1_3" | "TLSv1.3" => "TLSv1.3",
+        "TLSv1_2" | "TLSv1.2" => "TLSv1.2",
+        _ => "other",
+    }
+}
+
+/// Counts completed handshakes by protocol version.
+struct HandshakeCounter;
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::TlsAccept for HandshakeCounter {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora_core::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        crate::metrics::TLS_HANDSHAKES
+            .with_label_values(&[version_label(tls.version().unwrap_or(""))])
+            .inc();
+        None
+    }
+}
+
 /// Builds the TLS settings of the HTTPS listener: TLS 1.2/1.3 (pingora's builder), ALPN h2 +
 /// http/1.1, certificates from the resolver.
 pub fn listener_settings(runtime: SharedRuntime) -> pingora_core::listeners::tls::TlsSettings {
-    // The paths are ignored once a resolver is set; `intermediate` only fills the struct.
-    let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
-        .unwrap_or_else(|_| unreachable!("intermediate() only stores the paths"));
+    // Certificates come from the resolver; the callbacks only count handshakes.
+    let mut settings =
+        pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(HandshakeCounter))
+            .unwrap_or_else(|_| unreachable!("with_callbacks() only stores the callbacks"));
     settings.enable_h2();
     settings.set_cert_resolver(Arc::new(CertResolver::new(runtime)));
     settings

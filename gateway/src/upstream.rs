@@ -66,6 +66,7 @@ pub struct Pool {
     epoch: Instant,
     last_check: Mutex<Option<Instant>>,
     timeouts: Timeouts,
+    upstream_duration: prometheus::Histogram,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +153,7 @@ impl Pool {
             down_until,
             epoch: Instant::now(),
             last_check: Mutex::new(None),
+            upstream_duration: crate::metrics::UPSTREAM_DURATION.with_label_values(&[name]),
             timeouts: Timeouts {
                 connect: ms(conf.connect_timeout_ms),
                 total_connect: ms(conf.total_connect_timeout_ms),
@@ -215,6 +217,21 @@ impl Pool {
         Some(Box::new(peer))
     }
 
+    /// Records an upstream response time.
+    pub fn observe_upstream(&self, secs: f64) {
+        self.upstream_duration.observe(secs);
+    }
+
+    /// Publishes each peer's health to the metrics.
+    pub fn publish_health(&self) {
+        let backends = self.balancer.backends();
+        for b in backends.get_backend().iter() {
+            crate::metrics::PEER_HEALTHY
+                .with_label_values(&[self.name.as_str(), &b.addr.to_string()])
+                .set(i64::from(backends.ready(b)));
+        }
+    }
+
     /// How many peers pass the active health check.
     pub fn healthy_peers(&self) -> usize {
         let backends = self.balancer.backends();
@@ -243,6 +260,7 @@ impl Pool {
             *last = Some(now);
         }
         self.balancer.backends().run_health_check(true).await;
+        self.publish_health();
     }
 }
 

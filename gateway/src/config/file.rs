@@ -16,6 +16,10 @@ pub struct GatewayConf {
     /// Worker threads of the proxy service; 0 = one per CPU core. Default 0.
     #[serde(default)]
     pub threads: usize,
+    /// `json`: one JSON line per request on stdout, written off the request path; `off`.
+    /// Default `json`.
+    #[serde(default)]
+    pub access_log: AccessLogConf,
     /// Process lifecycle: shutdown grace, upgrade socket.
     #[serde(default)]
     pub process: ProcessConf,
@@ -54,6 +58,17 @@ pub struct GatewayConf {
     /// Routes, matched in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConf>>,
+}
+
+/// Access log format.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogConf {
+    /// JSON lines on stdout.
+    #[default]
+    Json,
+    /// No access log.
+    Off,
 }
 
 /// Admin listener settings.

@@ -530,6 +530,7 @@ fn build(
         ipv6_prefix: conf.client_ip.ipv6_prefix,
         listeners,
         threads,
+        access_log: conf.access_log == file::AccessLogConf::Json,
         watch_files,
         watch_dirs,
         admin_token,

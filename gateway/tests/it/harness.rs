@@ -5,7 +5,7 @@ use axum::response::IntoResponse;
 use gateway::certs::{DevCa, IssuedCert};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,11 @@ async fn record(log: Log, req: Request) -> Request {
 
 /// Serves `router` on a free port, recording every request (health checks excluded).
 pub async fn serve_recorded(router: axum::Router) -> (SocketAddr, Log) {
+    serve_recorded_at(router, "127.0.0.1:0").await
+}
+
+/// [`serve_recorded`] on a given address.
+pub async fn serve_recorded_at(router: axum::Router, addr: &str) -> (SocketAddr, Log) {
     let log: Log = Arc::default();
     let l2 = log.clone();
     let app = router.layer(axum::middleware::from_fn(
@@ -112,9 +117,7 @@ pub async fn serve_recorded(router: axum::Router) -> (SocketAddr, Log) {
             }
         },
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -124,8 +127,13 @@ pub async fn serve_recorded(router: axum::Router) -> (SocketAddr, Log) {
 
 /// A backend that answers everything with 200 JSON, `/api/slow` after 5 s, `/healthz` 200.
 pub async fn recording_backend() -> (SocketAddr, Log) {
+    serve_recorded(recording_router()).await
+}
+
+/// The router of [`recording_backend`].
+pub fn recording_router() -> axum::Router {
     use axum::routing::{any, get};
-    let router = axum::Router::new()
+    axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/api/slow",
@@ -143,8 +151,7 @@ pub async fn recording_backend() -> (SocketAddr, Log) {
                 format!("{{\"path\":\"{}\"}}", req.uri().path()),
             )
                 .into_response()
-        }));
-    serve_recorded(router).await
+        }))
 }
 
 /// The real expense backend (library) on a free port, with a SQLite file in `dir`.
@@ -270,11 +277,12 @@ pub fn start_gateway(dir: &Path, ports: &Ports, conf: &str, ca_pem: &str) -> Gat
     let file = dir.join("gateway.toml");
     std::fs::write(&file, conf).expect("write conf");
     let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
+    let access = std::fs::File::create(dir.join("access.log")).expect("access log");
     let child = Command::new(gateway_bin())
         .args(["run", "-c"])
         .arg(&file)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(access)
         .stderr(log)
         .spawn()
         .expect("spawn gateway");

@@ -4,6 +4,7 @@ mod browser;
 mod config_check;
 mod harness;
 mod jwt;
+mod observability;
 mod probe;
 mod proxy;
 mod rate_limit;
