@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # cmake builds pingora's zlib-ng.
-bash scripts/deps.sh cmake pkg-config chromium chromium-driver
+bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus
+python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --all-targets
