@@ -10,6 +10,7 @@ pub mod auth;
 pub mod auth_filter;
 pub mod certs;
 pub mod config;
+pub mod cors;
 pub mod hygiene;
 pub mod lifecycle;
 pub mod logging;

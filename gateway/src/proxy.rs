@@ -20,6 +20,8 @@ use crate::runtime::{Runtime, SharedRuntime};
 use crate::{hygiene, metrics, request_id, response, static_files, upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::modules::http::compression::ResponseCompression;
+use pingora_core::protocols::http::compression::Algorithm;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
@@ -128,6 +130,34 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // pingora's compression module reads Accept-Encoding right after this phase, and only
+        // when enabled: switch it on for routes that compress (it is off for everything else).
+        let rt = &ctx.rt;
+        if rt.routes.iter().any(|r| r.compress.is_some()) {
+            let req = session.req_header();
+            let host = host_without_port(request_host(req));
+            let level = rt
+                .routes
+                .iter()
+                .find(|r| r.matches(host, req.uri.path()))
+                .and_then(|r| r.compress.as_ref())
+                .map(|c| c.level);
+            if let Some(level) = level {
+                if let Some(m) = session
+                    .downstream_modules_ctx
+                    .get_mut::<ResponseCompression>()
+                {
+                    m.adjust_level(level);
+                    // pingora 0.9.1's streaming brotli encoder ends the stream without a valid
+                    // final block (decoders read all the data, then fail): gzip/zstd only.
+                    m.adjust_algorithm_level(Algorithm::Brotli, 0);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id =
@@ -185,11 +215,47 @@ impl ProxyHttp for Gateway {
             req.remove_header(h);
         }
         let route = &rt.routes[idx];
+        if (rt.maintenance.enabled || route.maintenance)
+            && !ctx
+                .client_ip
+                .is_some_and(|ip| rt.maintenance.allow.iter().any(|n| n.contains(&ip)))
+        {
+            let html = matches!(route.kind, RouteKind::Static { .. })
+                && session
+                    .req_header()
+                    .headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("text/html"));
+            response::write_maintenance(session, ctx, html).await?;
+            return Ok(true);
+        }
         // Cheapest first: IP/header quotas before any token work, subject quotas right after.
         if !route.rate_rules.is_empty()
             && !crate::rate_limit::request_filter(session, ctx, route, false).await?
         {
             return Ok(true);
+        }
+        // CORS preflights are answered here: they never need a token nor reach the backend.
+        if let Some(cors) = &route.cors {
+            match crate::cors::preflight(cors, session.req_header()) {
+                crate::cors::Preflight::NotPreflight => {}
+                crate::cors::Preflight::Allowed(headers) => {
+                    let mut resp = ResponseHeader::build_no_case(204, Some(headers.len() + 4))?;
+                    for (n, v) in headers {
+                        resp.insert_header(n, v)?;
+                    }
+                    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                    response::add_common_headers(&mut resp, ctx);
+                    ctx.status = 204;
+                    session.write_response_header(Box::new(resp), true).await?;
+                    return Ok(true);
+                }
+                crate::cors::Preflight::Refused => {
+                    response::write_error(session, ctx, 403, false).await?;
+                    return Ok(true);
+                }
+            }
         }
         if let Some(policy) = &route.auth {
             if !crate::auth_filter::request_filter(session, ctx, policy).await? {
@@ -337,10 +403,31 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(route) = ctx.route.map(|i| &ctx.rt.routes[i]) {
+            if let Some(cors) = &route.cors {
+                let origin = session.req_header().headers.get(http::header::ORIGIN);
+                crate::cors::response_filter(cors, origin, upstream_response);
+            }
+            // pingora's compression module negotiates br/gzip/zstd and adds Vary; it was
+            // enabled early for compressing routes and is switched off for responses that
+            // must not be compressed.
+            let keep = route
+                .compress
+                .as_ref()
+                .is_some_and(|c| c.applies(upstream_response));
+            if !keep {
+                if let Some(m) = session
+                    .downstream_modules_ctx
+                    .get_mut::<ResponseCompression>()
+                {
+                    m.adjust_level(0);
+                }
+            }
+        }
         if let Some(t) = ctx.upstream_started {
             let secs = t.elapsed().as_secs_f64();
             ctx.upstream_ms = Some(secs * 1000.0);

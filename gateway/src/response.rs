@@ -10,6 +10,9 @@ use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+/// Built-in maintenance page (navigations on static routes).
+pub const MAINTENANCE_PAGE: &str = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Maintenance</title></head><body><h1>Back soon</h1><p>We are doing some maintenance. Please try again in a few minutes.</p></body></html>\n";
+
 /// The machine-readable error name for a status the gateway produces.
 pub fn error_name(status: u16) -> &'static str {
     match status {
@@ -20,6 +23,7 @@ pub fn error_name(status: u16) -> &'static str {
         416 => "range_not_satisfiable",
         408 => "request_timeout",
         413 => "payload_too_large",
+        417 => "expectation_failed",
         414 => "uri_too_long",
         431 => "request_header_fields_too_large",
         502 => "bad_gateway",
@@ -108,12 +112,60 @@ pub async fn write_json(
     Ok(())
 }
 
-/// `response_filter` for proxied responses: hide upstream software, add our headers.
+/// `response_filter` for proxied responses: hide upstream software, add our headers, and the
+/// baseline security headers the upstream did not set.
 pub fn response_filter(resp: &mut ResponseHeader, ctx: &mut Ctx) {
     resp.remove_header("Server");
     resp.remove_header("X-Powered-By");
     add_common_headers(resp, ctx);
+    for name in ["x-content-type-options", "referrer-policy"] {
+        if !resp.headers.contains_key(name) {
+            if let Some((n, v)) = ctx
+                .rt
+                .security_headers
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+            {
+                let _ = resp.insert_header(n.clone(), v.clone());
+            }
+        }
+    }
     ctx.status = resp.status.as_u16();
+}
+
+/// Writes the maintenance answer: 503 with `Retry-After`, HTML for navigations on static
+/// routes, JSON otherwise.
+pub async fn write_maintenance(session: &mut Session, ctx: &mut Ctx, html: bool) -> Result<()> {
+    let retry = http::HeaderValue::from(ctx.rt.maintenance.retry_after);
+    if !html {
+        let body = error_body("maintenance", &ctx.request_id);
+        return write_json(
+            session,
+            ctx,
+            503,
+            body,
+            false,
+            &[(http::header::RETRY_AFTER, retry)],
+        )
+        .await;
+    }
+    let body = ctx.rt.maintenance.page.clone();
+    let mut resp = ResponseHeader::build_no_case(503, Some(12))?;
+    ctx.rt.security_headers.apply(&mut resp);
+    resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(http::header::RETRY_AFTER, retry)?;
+    add_common_headers(&mut resp, ctx);
+    ctx.status = 503;
+    let head = session.req_header().method == http::Method::HEAD;
+    session.write_response_header(Box::new(resp), head).await?;
+    if !head {
+        ctx.body_sent += body.len() as u64;
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

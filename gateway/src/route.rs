@@ -25,6 +25,60 @@ pub enum RouteKind {
     },
 }
 
+/// When proxied responses are compressed.
+#[derive(Debug, Clone)]
+pub struct Compress {
+    /// Level for br, gzip and zstd.
+    pub level: u32,
+    /// Smallest `Content-Length` compressed.
+    pub min_bytes: u64,
+    /// Content-type prefixes compressed.
+    pub types: Vec<String>,
+}
+
+impl Compress {
+    /// Whether a response qualifies: success, not partial, not already encoded, transformable,
+    /// not an event stream, a listed type, large enough (or of unknown length).
+    pub fn applies(&self, resp: &pingora_http::ResponseHeader) -> bool {
+        let h = &resp.headers;
+        let status = resp.status.as_u16();
+        if !(200..300).contains(&status) || status == 204 || status == 206 {
+            return false;
+        }
+        if h.contains_key(http::header::CONTENT_ENCODING) {
+            return false;
+        }
+        let has = |name: http::header::HeaderName, needle: &str| {
+            h.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.to_ascii_lowercase().contains(needle))
+            })
+        };
+        if has(http::header::CACHE_CONTROL, "no-transform") {
+            return false;
+        }
+        let Some(ct) = h
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let ct = ct.to_ascii_lowercase();
+        if ct.starts_with("text/event-stream")
+            || !self.types.iter().any(|t| ct.starts_with(t.as_str()))
+        {
+            return false;
+        }
+        match h
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(len) => len.trim().parse::<u64>().is_ok_and(|n| n >= self.min_bytes),
+            None => true,
+        }
+    }
+}
+
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
@@ -39,6 +93,12 @@ pub struct Route {
     pub auth: Option<crate::auth::RoutePolicy>,
     /// Rate-limit rules, in order.
     pub rate_rules: Vec<crate::rate_limit::RouteRule>,
+    /// CORS policy.
+    pub cors: Option<crate::cors::Cors>,
+    /// Response compression of proxied responses.
+    pub compress: Option<Compress>,
+    /// This route answers 503 (maintenance).
+    pub maintenance: bool,
     /// Metric handles labelled with this route's name.
     pub metrics: crate::metrics::RouteMetrics,
 }
@@ -53,6 +113,9 @@ impl Route {
             kind,
             auth: None,
             rate_rules: Vec::new(),
+            cors: None,
+            compress: None,
+            maintenance: false,
             metrics: crate::metrics::RouteMetrics::new(name),
         }
     }

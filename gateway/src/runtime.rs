@@ -81,6 +81,19 @@ pub struct Process {
     pub upstream_keepalive_pool_size: usize,
 }
 
+/// Maintenance mode settings.
+#[derive(Debug, Clone)]
+pub struct Maintenance {
+    /// All routes in maintenance.
+    pub enabled: bool,
+    /// Clients still served.
+    pub allow: Vec<ipnet::IpNet>,
+    /// `Retry-After` seconds.
+    pub retry_after: u64,
+    /// HTML page for navigations.
+    pub page: bytes::Bytes,
+}
+
 /// Everything a request needs, compiled from one config generation.
 #[derive(Debug)]
 pub struct Runtime {
@@ -96,6 +109,8 @@ pub struct Runtime {
     pub hsts: Option<http::HeaderValue>,
     /// Request limits.
     pub limits: Limits,
+    /// Maintenance mode.
+    pub maintenance: Maintenance,
     /// Rate-limit policies by name.
     pub rate_policies: HashMap<String, Arc<crate::rate_limit::RatePolicy>>,
     /// Which rate-limit headers to send.

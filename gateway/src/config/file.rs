@@ -37,6 +37,9 @@ pub struct GatewayConf {
     /// Client address resolution.
     #[serde(default)]
     pub client_ip: ClientIpConf,
+    /// Maintenance mode.
+    #[serde(default)]
+    pub maintenance: MaintenanceConf,
     /// Security headers on gateway responses.
     #[serde(default)]
     pub security_headers: SecurityHeadersConf,
@@ -58,6 +61,58 @@ pub struct GatewayConf {
     /// Routes, matched in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConf>>,
+}
+
+/// CORS policy.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConf {
+    /// Allowed origins: exact (`https://app.example.com`), wildcard subdomain
+    /// (`https://*.example.com`), or `*` (not with credentials).
+    pub allow_origins: Vec<String>,
+    /// Allowed methods. Default `["GET", "HEAD", "POST"]`.
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers (case-insensitive). Default `["content-type", "authorization"]`.
+    #[serde(default = "default_cors_headers")]
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed to scripts. Default `[]`.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`. Default false.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// Preflight cache lifetime, seconds. Default 600.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: u64,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into(), "POST".into()]
+}
+fn default_cors_headers() -> Vec<String> {
+    vec!["content-type".into(), "authorization".into()]
+}
+fn default_cors_max_age() -> u64 {
+    600
+}
+
+/// Maintenance mode.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConf {
+    /// Every route answers 503. Default false (routes can opt in with `maintenance = true`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Client CIDRs/addresses still served. Default `[]`.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// `Retry-After` seconds. Default 300.
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    /// HTML page for navigations (loaded into memory); default a built-in page.
+    #[serde(default)]
+    pub page: Option<Spanned<String>>,
 }
 
 /// Access log format.
@@ -695,6 +750,25 @@ pub struct RouteConf {
     /// servable this long (browsers holding the old shell still load their chunks). Default 600.
     #[serde(default)]
     pub previous_assets_grace_seconds: Option<u64>,
+    /// CORS policy of the route (preflights answered at the edge). Default none.
+    #[serde(default)]
+    pub cors: Option<Spanned<CorsConf>>,
+    /// Proxy: compress responses (br, gzip, zstd by `Accept-Encoding`). Default false.
+    #[serde(default)]
+    pub compress: bool,
+    /// Proxy: compression level (1 fastest … 9). Default 4.
+    #[serde(default)]
+    pub compress_level: Option<u32>,
+    /// Proxy: smallest `Content-Length` compressed, bytes. Default 1024.
+    #[serde(default)]
+    pub compress_min_bytes: Option<u64>,
+    /// Proxy: content types compressed (prefix match, e.g. `text/`). Default: text/*, JSON,
+    /// JavaScript, XML, SVG.
+    #[serde(default)]
+    pub compress_types: Option<Vec<String>>,
+    /// Answer 503 (maintenance) on this route, except for `[maintenance] allow`. Default false.
+    #[serde(default)]
+    pub maintenance: bool,
     /// Rate-limit policies applied, in order: names or `{ policy, methods, paths }`. Default `[]`.
     #[serde(default)]
     pub rate_limits: Vec<RouteRateConf>,

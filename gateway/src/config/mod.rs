@@ -327,6 +327,35 @@ fn build(
             },
         }
     }
+    let mut maintenance_allow = Vec::new();
+    for c in &conf.maintenance.allow {
+        let text = c.get_ref();
+        match text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(n) => maintenance_allow.push(n),
+            Err(_) => problems.push(src.problem(
+                c,
+                format!("[maintenance] `{text}` is not a CIDR or IP address"),
+            )),
+        }
+    }
+    let maintenance_page = match &conf.maintenance.page {
+        None => bytes::Bytes::from_static(crate::response::MAINTENANCE_PAGE.as_bytes()),
+        Some(p) => {
+            let path = resolve(base, p.get_ref());
+            match std::fs::read(&path) {
+                Ok(b) => bytes::Bytes::from(b),
+                Err(e) => {
+                    problems.push(
+                        src.problem(p, format!("[maintenance] page {}: {e}", path.display())),
+                    );
+                    bytes::Bytes::new()
+                }
+            }
+        }
+    };
     if conf.client_ip.ipv6_prefix > 128 {
         problems.push(Problem {
             location: src.file.to_string(),
@@ -422,10 +451,37 @@ fn build(
         };
         let auth = route_auth(rc, &providers, src, problems);
         let rules = route_rate_rules(rc, &rate_policies, src, r, problems);
-        if let (Some(kind), Ok(auth), Some(rules)) = (kind, auth, rules) {
+        let cors = match &rc.cors {
+            None => Ok(None),
+            Some(c) => crate::cors::Cors::try_from_conf(c.get_ref())
+                .map(Some)
+                .map_err(|e| {
+                    problems.push(src.problem(c, format!("route `{}`: cors: {e}", rc.name)));
+                }),
+        };
+        let compress = rc.compress.then(|| crate::route::Compress {
+            level: rc.compress_level.unwrap_or(4).clamp(1, 11),
+            min_bytes: rc.compress_min_bytes.unwrap_or(1024),
+            types: rc.compress_types.clone().unwrap_or_else(|| {
+                [
+                    "text/",
+                    "application/json",
+                    "application/javascript",
+                    "application/xml",
+                    "application/problem+json",
+                    "image/svg+xml",
+                ]
+                .map(String::from)
+                .to_vec()
+            }),
+        });
+        if let (Some(kind), Ok(auth), Some(rules), Ok(cors)) = (kind, auth, rules, cors) {
             let mut route = Route::new(&rc.name, &rc.prefix, rc.host.as_deref(), kind);
             route.auth = auth;
             route.rate_rules = rules;
+            route.cors = cors;
+            route.compress = compress;
+            route.maintenance = rc.maintenance;
             routes.push(route);
         }
     }
@@ -526,6 +582,12 @@ fn build(
         },
         trusted_proxies,
         rate_policies,
+        maintenance: crate::runtime::Maintenance {
+            enabled: conf.maintenance.enabled,
+            allow: maintenance_allow,
+            retry_after: conf.maintenance.retry_after.unwrap_or(300),
+            page: maintenance_page,
+        },
         rate_limit_headers: conf.rate_limit_headers,
         ipv6_prefix: conf.client_ip.ipv6_prefix,
         listeners,

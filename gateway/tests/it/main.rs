@@ -1,5 +1,6 @@
 //! Integration tests: real gateway processes, real backends, real TLS on loopback.
 
+mod api_edge;
 mod browser;
 mod config_check;
 mod harness;
