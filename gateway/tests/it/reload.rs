@@ -303,6 +303,7 @@ async fn configmap_style_symlink_swap_is_applied() {
     let child = std::process::Command::new(gateway_bin())
         .args(["run", "-c"])
         .arg(&file)
+        .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn");
@@ -496,6 +497,7 @@ async fn graceful_binary_upgrade_under_load_loses_no_request() {
     let new_child = std::process::Command::new(gateway_bin())
         .args(["run", "--upgrade", "-c"])
         .arg(dir.path().join("gateway.toml"))
+        .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
         .expect("spawn new");
