@@ -33,7 +33,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::observe::metrics))
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn(crate::observe::track))
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod db;
 pub mod error;
 pub mod keys;
+pub mod observe;
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;

@@ -371,3 +371,37 @@ async fn jwks_publishes_the_signing_key() {
         assert!(!data.claims[claim].is_null(), "{claim}");
     }
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = start(dir.path()).await;
+    let c = Client::new();
+    for id in [1, 2, 3] {
+        let r = c
+            .get(format!("{}/api/expenses/{id}", b.base))
+            .send()
+            .await
+            .expect("r");
+        assert_eq!(r.status(), 401);
+    }
+    let text = c
+        .get(format!("{}/metrics", b.base))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        text.contains(
+            "backend_requests_total{method=\"GET\",route=\"/api/expenses/{id}\",status=\"401\"} 3"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("/api/expenses/1\""),
+        "raw paths never become labels"
+    );
+    assert!(text.contains("backend_db_pool_connections"));
+}
