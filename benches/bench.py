@@ -99,6 +99,7 @@ jwks_url = "http://127.0.0.1:{backend_port}/.well-known/jwks.json"
 """
         auth = 'auth = "jwt"\nauth_provider = "b"\nauth_public = ["GET /api/healthz"]\n'
     text = f"""threads = {threads}
+access_log = "{os.environ.get('BENCH_ACCESS_LOG', 'off')}"
 [process]
 readiness_drain_seconds = 0
 shutdown_grace_seconds = 0

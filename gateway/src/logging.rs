@@ -25,19 +25,33 @@ pub fn init() {
 }
 
 static WRITER: Lazy<SyncSender<String>> = Lazy::new(|| {
-    let (tx, rx) = sync_channel::<String>(16 * 1024);
+    let (tx, rx) = sync_channel::<String>(64 * 1024);
     let spawned = std::thread::Builder::new()
         .name("access-log".into())
         .spawn(move || {
             let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-            while let Ok(line) = rx.recv() {
-                let _ = out.write_all(line.as_bytes());
-                // Flush when the queue is drained: batches under load, prompt when idle.
-                while let Ok(more) = rx.try_recv() {
-                    let _ = out.write_all(more.as_bytes());
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+            // Drain in batches every 50 ms: the request threads never wake this thread, and
+            // stdout sees one write per batch instead of one per request.
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let mut wrote = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(line) => {
+                            let _ = out.write_all(line.as_bytes());
+                            wrote = true;
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            let _ = out.flush();
+                            return;
+                        }
+                    }
                 }
-                let _ = out.flush();
+                if wrote {
+                    let _ = out.flush();
+                }
             }
         });
     if let Err(e) = spawned {
