@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # cmake builds pingora's zlib-ng.
-bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus
+bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus redis-server
 python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

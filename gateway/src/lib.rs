@@ -25,6 +25,7 @@ pub mod response;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod shared_store;
 pub mod static_files;
 pub mod tls;
 pub mod upstream;

@@ -113,6 +113,20 @@ pub static RATE_TRACKED_KEYS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
     )
 });
 
+/// Shared-store (Redis) failures per policy (the fallback was used).
+pub static RATE_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_rate_limit_store_errors_total",
+                "Rate-limit store failures (fallback used)",
+            ),
+            &["policy"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
 /// Requests counted in a policy's shared overflow bucket (key cap reached).
 pub static RATE_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
     register(
@@ -371,6 +385,7 @@ pub fn render() -> Vec<u8> {
     Lazy::force(&RATE_DECISIONS);
     Lazy::force(&RATE_TRACKED_KEYS);
     Lazy::force(&RATE_OVERFLOW);
+    Lazy::force(&RATE_STORE_ERRORS);
     Lazy::force(&STATIC_RESPONSES);
     Lazy::force(&UPSTREAM_DURATION);
     Lazy::force(&PEER_HEALTHY);

@@ -134,6 +134,8 @@ pub enum PolicyError {
     BadKey(String),
     #[error("quota and burst must be at least 1")]
     Zero,
+    #[error("store = \"redis\" needs a valid redis_url: {0}")]
+    Redis(String),
 }
 
 /// A compiled policy with its limiter. Kept across reloads while its definition is unchanged,
@@ -150,6 +152,7 @@ pub struct RatePolicy {
     policy_header: http::HeaderValue,
     window_secs: u64,
     burst: u32,
+    shared: Option<crate::shared_store::RedisStore>,
 }
 
 impl std::fmt::Debug for RatePolicy {
@@ -208,6 +211,33 @@ impl RatePolicy {
         let policy_header =
             http::HeaderValue::from_str(&format!("\"{name}\";q={};w={window_secs}", conf.quota))
                 .unwrap_or_else(|_| http::HeaderValue::from_static("\"policy\""));
+        let shared = match conf.store {
+            crate::config::file::StoreConf::Local => None,
+            crate::config::file::StoreConf::Redis => {
+                use crate::config::file::OnStoreErrorConf as O;
+                use crate::shared_store::OnStoreError;
+                let url = conf
+                    .redis_url
+                    .as_deref()
+                    .ok_or_else(|| PolicyError::Redis("missing".into()))?;
+                let on_error = match conf.on_store_error {
+                    O::Local => OnStoreError::Local,
+                    O::Allow => OnStoreError::Allow,
+                    O::Deny => OnStoreError::Deny,
+                };
+                Some(
+                    crate::shared_store::RedisStore::try_new(
+                        name,
+                        url,
+                        conf.quota,
+                        Duration::from_secs(window_secs),
+                        burst.get(),
+                        on_error,
+                    )
+                    .map_err(PolicyError::Redis)?,
+                )
+            }
+        };
         Ok(Self {
             name: name.to_string(),
             conf: conf.clone(),
@@ -217,6 +247,7 @@ impl RatePolicy {
             policy_header,
             window_secs,
             burst: burst.get(),
+            shared,
         })
     }
 
@@ -276,6 +307,35 @@ impl RatePolicy {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 Decision::Limited {
                     retry_after: secs.max(1),
+                }
+            }
+        }
+    }
+
+    /// Counts one request in the policy's store: Redis when configured (one quota for every
+    /// replica), with the configured fallback when it cannot answer; else in process.
+    pub async fn check_shared(&self, key: &LimitKey) -> Decision {
+        use crate::shared_store::OnStoreError;
+        let Some(store) = &self.shared else {
+            return self.check(key);
+        };
+        match tokio::time::timeout(Duration::from_millis(250), store.check(key)).await {
+            Ok(Ok(d)) => d,
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e,
+                    _ => "timeout".to_string(),
+                };
+                crate::metrics::RATE_STORE_ERRORS
+                    .with_label_values(&[self.name.as_str()])
+                    .inc();
+                tracing::warn!(policy = %self.name, error = %reason, "rate-limit store failed; falling back");
+                match store.on_error {
+                    OnStoreError::Local => self.check(key),
+                    OnStoreError::Allow => Decision::Allowed {
+                        remaining: self.burst,
+                    },
+                    OnStoreError::Deny => Decision::Limited { retry_after: 1 },
                 }
             }
         }
@@ -401,7 +461,7 @@ pub async fn request_filter(
             session.req_header(),
         );
         let decisions = &crate::metrics::RATE_DECISIONS;
-        match p.check(&key) {
+        match p.check_shared(&key).await {
             Decision::Allowed { remaining } => {
                 decisions
                     .with_label_values(&[p.name.as_str(), "allowed"])

@@ -336,6 +336,40 @@ pub struct RatePolicyConf {
     /// Most keys tracked; past it, new keys share one overflow bucket. Default 100000.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// `local` (in-process) or `redis` (one quota shared by every replica). Default `local`.
+    #[serde(default)]
+    pub store: StoreConf,
+    /// With `store = "redis"`: the server, e.g. `redis://127.0.0.1:6379`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// With `store = "redis"`, when Redis cannot answer: `local` limiter, `allow`, `deny`.
+    /// Default `local`.
+    #[serde(default)]
+    pub on_store_error: OnStoreErrorConf,
+}
+
+/// Where a policy keeps its counters.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreConf {
+    /// In this process.
+    #[default]
+    Local,
+    /// In Redis, shared by replicas.
+    Redis,
+}
+
+/// Fallback when the shared store fails.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreErrorConf {
+    /// Use the in-process limiter.
+    #[default]
+    Local,
+    /// Let requests through.
+    Allow,
+    /// Refuse requests.
+    Deny,
 }
 
 fn default_max_keys() -> usize {

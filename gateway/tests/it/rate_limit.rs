@@ -245,3 +245,119 @@ async fn users_behind_one_address_have_separate_subject_quotas() {
         200
     );
 }
+
+/// A throwaway redis-server on a given port (no persistence), killed on drop.
+struct Redis(std::process::Child);
+
+impl Redis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        let t = std::time::Instant::now();
+        while !accepts(&format!("127.0.0.1:{port}")) {
+            assert!(t.elapsed() < Duration::from_secs(10), "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Redis(child)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_quota_in_redis_and_fall_back_when_it_is_down() {
+    let rport = free_port();
+    let redis = Redis::start(rport);
+    let (backend, _) = recording_backend().await;
+    let policy = format!(
+        "[rate_limits.shared]\nkey = \"client_ip\"\nquota = 1\nper = \"minute\"\nburst = 3\n\
+         store = \"redis\"\nredis_url = \"redis://127.0.0.1:{rport}\"\non_store_error = \"local\"\n"
+    );
+    let mut gws = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("tmp");
+        let certs = TestCerts::new(dir.path());
+        let ports = Ports::new();
+        let text = conf(
+            dir.path(),
+            &ports,
+            &certs,
+            &backend.to_string(),
+            &policy,
+            "rate_limits = [\"shared\"]",
+        );
+        gws.push(start_gateway(dir.path(), &ports, &text, &certs.ca_pem));
+        dirs.push(dir);
+    }
+    let status = |i: usize| {
+        let gw = &gws[i];
+        let (c, url) = (gw.client(), gw.url("/api/x"));
+        async move { c.get(url).send().await.expect("req").status().as_u16() }
+    };
+    // One quota of 3 across both replicas.
+    assert_eq!(status(0).await, 200);
+    assert_eq!(status(1).await, 200);
+    assert_eq!(status(0).await, 200);
+    assert_eq!(status(1).await, 429);
+    assert_eq!(status(0).await, 429);
+
+    // Redis down: each gateway falls back to its own (fresh) in-process bucket.
+    drop(redis);
+    assert_eq!(status(0).await, 200, "local fallback");
+    assert!(
+        metric(
+            &gws[0],
+            "gateway_rate_limit_store_errors_total{policy=\"shared\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    // Redis back (empty): shared limiting again, across replicas.
+    let _redis = Redis::start(rport);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t = std::time::Instant::now();
+    loop {
+        // Requests that still hit the fallback while reconnecting are fine; wait for Redis.
+        let before = metric(
+            &gws[1],
+            "gateway_rate_limit_store_errors_total{policy=\"shared\"}",
+        )
+        .await;
+        let s = status(1).await;
+        let after = metric(
+            &gws[1],
+            "gateway_rate_limit_store_errors_total{policy=\"shared\"}",
+        )
+        .await;
+        if s == 200 && before == after {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never reconnected to redis"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(status(0).await, 200);
+    assert_eq!(status(0).await, 200);
+    assert_eq!(status(1).await, 429, "shared quota restored");
+}
