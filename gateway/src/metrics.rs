@@ -229,6 +229,20 @@ pub static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Open downstream connections by listener.
+pub static OPEN_CONNECTIONS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "gateway_open_connections",
+                "Open downstream connections by listener",
+            ),
+            &["listener"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
 /// Access log lines dropped because the writer could not keep up.
 pub static ACCESS_LOG_DROPPED: Lazy<prometheus::IntCounter> = Lazy::new(|| {
     register(
@@ -393,6 +407,7 @@ pub fn render() -> Vec<u8> {
     Lazy::force(&JWKS_LAST_SUCCESS);
     Lazy::force(&TLS_HANDSHAKES);
     Lazy::force(&ACCESS_LOG_DROPPED);
+    Lazy::force(&OPEN_CONNECTIONS);
     Lazy::force(&PROCESS);
     Lazy::force(&LAST_RELOAD_SUCCESS);
     let mut out = Vec::new();

@@ -286,7 +286,28 @@ impl pingora_core::listeners::TlsAccept for HandshakeCounter {
         crate::metrics::TLS_HANDSHAKES
             .with_label_values(&[version_label(tls.version().unwrap_or(""))])
             .inc();
-        None
+        // Kept in the connection's TLS digest: counts the connection open until it is dropped.
+        Some(Arc::new(OpenConnection::new()))
+    }
+}
+
+/// Counts an open HTTPS connection for as long as it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        crate::metrics::OPEN_CONNECTIONS
+            .with_label_values(&["https"])
+            .inc();
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::metrics::OPEN_CONNECTIONS
+            .with_label_values(&["https"])
+            .dec();
     }
 }
 

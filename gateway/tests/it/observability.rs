@@ -244,3 +244,35 @@ async fn readiness_follows_pool_health() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_counted_while_they_live() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let ports = Ports::new();
+    let conf = format!("{}{}", ports.sections(dir.path()), tls_section(&certs));
+    let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+    let open = || async {
+        get(
+            &scrape(&gw).await,
+            "gateway_open_connections{listener=\"https\"}",
+        )
+    };
+    let before = open().await;
+    let clients: Vec<reqwest::Client> = (0..3)
+        .map(|_| gw.client_builder().http1_only().build().expect("c"))
+        .collect();
+    for c in &clients {
+        let _ = c.get(gw.url("/x")).send().await.expect("req");
+    }
+    assert_eq!(open().await - before, 3.0);
+    drop(clients);
+    let t = Instant::now();
+    while open().await != before {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "closed connections still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
