@@ -8,5 +8,8 @@ python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install --
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --all-targets
+# The criterion benches run once each in test mode (their harness takes no test flags).
+cargo test --workspace --benches
 # Dev certificates are created by the tests that need them (idempotent, locked).
-cargo test --all-targets -- --test-threads "${TEST_THREADS:-4}"
+# Last, so the runner's summary closes the output.
+cargo test --workspace --lib --bins --tests -- --test-threads "${TEST_THREADS:-4}"
