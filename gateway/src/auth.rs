@@ -891,15 +891,9 @@ impl JwksService {
 
 #[async_trait]
 impl BackgroundService for JwksService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let rt = self.runtime.load_full();
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let period = Duration::from_millis(250);
+        crate::runtime::every(&self.runtime, shutdown, period, |rt| async move {
             for p in rt.jwt_providers.values() {
                 if p.needs_refresh() {
                     match p.fetch_jwks().await {
@@ -910,7 +904,8 @@ impl BackgroundService for JwksService {
                     }
                 }
             }
-        }
+        })
+        .await;
     }
 }
 

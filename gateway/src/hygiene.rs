@@ -53,33 +53,10 @@ impl Rejection {
     }
 }
 
-/// A byte allowed raw in a request target (RFC 3986 characters, plus `%` checked apart).
+/// A byte allowed raw in a request target: path characters, plus `/`, `?`, `[`, `]` and `%`
+/// (escapes are checked apart).
 fn target_byte_ok(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'/'
-                | b'?'
-                | b'['
-                | b']'
-                | b'%'
-        )
+    crate::path::is_pchar(b) || matches!(b, b'/' | b'?' | b'[' | b']' | b'%')
 }
 
 /// Checks the raw request target: allowed bytes and well-formed `%XX` escapes only.

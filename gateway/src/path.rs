@@ -54,7 +54,7 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// Bytes allowed raw in a path segment (RFC 3986 pchar minus `%`, which is handled apart).
-fn is_pchar(b: u8) -> bool {
+pub fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,

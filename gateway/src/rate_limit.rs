@@ -420,22 +420,17 @@ impl RateLimitService {
 
 #[async_trait]
 impl BackgroundService for RateLimitService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(10));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let rt = self.runtime.load_full();
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let period = Duration::from_secs(10);
+        crate::runtime::every(&self.runtime, shutdown, period, |rt| async move {
             for p in rt.rate_policies.values() {
                 p.cleanup();
                 crate::metrics::RATE_TRACKED_KEYS
                     .with_label_values(&[p.name.as_str()])
                     .set(p.tracked_keys() as i64);
             }
-        }
+        })
+        .await;
     }
 }
 

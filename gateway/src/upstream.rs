@@ -281,19 +281,13 @@ impl HealthService {
 
 #[async_trait]
 impl BackgroundService for HealthService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let rt = self.runtime.load_full();
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let period = Duration::from_millis(250);
+        crate::runtime::every(&self.runtime, shutdown, period, |rt| async move {
             let now = Instant::now();
-            let checks = rt.pools.values().map(|p| p.check_if_due(now));
-            futures_join_all(checks).await;
-        }
+            futures_join_all(rt.pools.values().map(|p| p.check_if_due(now))).await;
+        })
+        .await;
     }
 }
 
