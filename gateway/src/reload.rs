@@ -164,20 +164,21 @@ impl Reloader {
                 let hash = fingerprint(&next);
                 let generation = next.generation;
                 crate::metrics::describe_runtime(&next);
+                // Swap under the status lock so /config never shows a state older than what
+                // requests already see.
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 self.runtime.store(Arc::new(next));
                 crate::metrics::reloaded(true, generation);
                 for r in &restart {
                     tracing::warn!(setting = %r, "changed setting requires a restart; keeping the running value");
                 }
                 tracing::info!(trigger, generation, content_hash = %hash, "config reloaded");
-                if let Ok(mut s) = self.status.lock() {
-                    s.generation = generation;
-                    s.content_hash = hash;
-                    s.loaded_at = rfc3339_now();
-                    s.last_error = None;
-                    s.last_reload_success = true;
-                    s.restart_required = restart;
-                }
+                status.generation = generation;
+                status.content_hash = hash;
+                status.loaded_at = rfc3339_now();
+                status.last_error = None;
+                status.last_reload_success = true;
+                status.restart_required = restart;
                 Ok(Outcome::Applied(generation))
             }
             Err(e) => {
