@@ -109,19 +109,24 @@ impl Driver {
             .await;
     }
 
+    /// The element matching `css` now, if any.
+    async fn try_find(&self, css: &str) -> Option<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v[ELEMENT].as_str().map(String::from)
+    }
+
     /// Waits for an element matching `css` (10 s).
     async fn find(&self, css: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self
-                .call(
-                    reqwest::Method::POST,
-                    "/element",
-                    Some(json!({"using": "css selector", "value": css})),
-                )
-                .await;
-            if let Some(id) = v[ELEMENT].as_str() {
-                return id.to_string();
+            if let Some(id) = self.try_find(css).await {
+                return id;
             }
             if Instant::now() > deadline {
                 let msg = self.text("#message").await.unwrap_or_default();
@@ -132,14 +137,7 @@ impl Driver {
     }
 
     async fn text(&self, css: &str) -> Option<String> {
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                "/element",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        let id = v[ELEMENT].as_str()?;
+        let id = self.try_find(css).await?;
         self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
             .await
             .as_str()
