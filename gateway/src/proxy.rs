@@ -6,9 +6,10 @@
 //! | `request_filter` | request id, client IP (trusted proxies) → hygiene (400/405/413/414/417/431) → one normalised path → route match (404) → strip identity headers → IP/header rate limits (429) → JWT (401/403) → subject rate limits (429) → static answer, or fall through to the proxy | [`hygiene`](crate::hygiene), [`path`](crate::path), [`route`](crate::route), [`rate_limit`](crate::rate_limit), [`auth_filter`](crate::auth_filter), [`static_files`](crate::static_files) |
 //! | `request_body_filter` | count body bytes against the limit (413 for chunked bodies) | here |
 //! | `upstream_peer` | pick a healthy peer of the route's pool; on retry, another one | [`upstream`](crate::upstream) |
-//! | `upstream_request_filter` | hop-by-hop stripping, `X-Forwarded-*`, request id, prefix strip | [`upstream`](crate::upstream) |
+//! | `upstream_request_filter` | hop-by-hop stripping, `X-Forwarded-*`, request id, prefix strip, then the route's request header rules | [`upstream`](crate::upstream), [`headers`](crate::headers) |
 //! | `fail_to_connect` | passive failure marking, one retry on another peer | [`upstream`](crate::upstream) |
-//! | `response_filter` | HSTS, request id echo, hide upstream `Server` | [`response`](crate::response) |
+//! | `response_filter` | HSTS, request id echo, hide upstream `Server`, CORS, compression or 5xx replacement, then the route's response header rules | [`response`](crate::response), [`compress`](crate::compress), [`headers`](crate::headers) |
+//! | body module | encode / replace the body | [`compress`](crate::compress) |
 //! | `fail_to_proxy` | JSON 502/504/413 | [`response`](crate::response) |
 //! | `logging` | metrics | [`metrics`](crate::metrics) |
 //!
@@ -20,8 +21,6 @@ use crate::runtime::{Runtime, SharedRuntime};
 use crate::{hygiene, metrics, request_id, response, static_files, upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::modules::http::compression::ResponseCompression;
-use pingora_core::protocols::http::compression::Algorithm;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
@@ -130,32 +129,9 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        // pingora's compression module reads Accept-Encoding right after this phase, and only
-        // when enabled: switch it on for routes that compress (it is off for everything else).
-        let rt = &ctx.rt;
-        if rt.routes.iter().any(|r| r.compress.is_some()) {
-            let req = session.req_header();
-            let host = host_without_port(request_host(req));
-            let level = rt
-                .routes
-                .iter()
-                .find(|r| r.matches(host, req.uri.path()))
-                .and_then(|r| r.compress.as_ref())
-                .map(|c| c.level);
-            if let Some(level) = level {
-                if let Some(m) = session
-                    .downstream_modules_ctx
-                    .get_mut::<ResponseCompression>()
-                {
-                    m.adjust_level(level);
-                    // pingora 0.9.1's streaming brotli encoder ends the stream without a valid
-                    // final block (decoders read all the data, then fail): gzip/zstd only.
-                    m.adjust_algorithm_level(Algorithm::Brotli, 0);
-                }
-            }
-        }
-        Ok(())
+    fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
+        // Our body module instead of pingora's compression module (see `compress`).
+        modules.add_module(Box::new(crate::compress::EdgeBodyBuilder));
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -220,14 +196,7 @@ impl ProxyHttp for Gateway {
                 .client_ip
                 .is_some_and(|ip| rt.maintenance.allow.iter().any(|n| n.contains(&ip)))
         {
-            let html = matches!(route.kind, RouteKind::Static { .. })
-                && session
-                    .req_header()
-                    .headers
-                    .get(http::header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|a| a.contains("text/html"));
-            response::write_maintenance(session, ctx, html).await?;
+            response::write_maintenance(session, ctx).await?;
             return Ok(true);
         }
         // Cheapest first: IP/header quotas before any token work, subject quotas right after.
@@ -375,6 +344,14 @@ impl ProxyHttp for Gateway {
                 upgrade: session.is_upgrade_req(),
             },
         );
+        // Route rules last: they see (and may adjust) what the gateway set.
+        if let Some(route) = ctx.route.map(|i| &rt.routes[i]) {
+            if !route.request_rules.is_empty() {
+                route
+                    .request_rules
+                    .apply_request(upstream_request, &response::vars(ctx, route));
+            }
+        }
         Ok(())
     }
 
@@ -407,27 +384,6 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route.map(|i| &ctx.rt.routes[i]) {
-            if let Some(cors) = &route.cors {
-                let origin = session.req_header().headers.get(http::header::ORIGIN);
-                crate::cors::response_filter(cors, origin, upstream_response);
-            }
-            // pingora's compression module negotiates br/gzip/zstd and adds Vary; it was
-            // enabled early for compressing routes and is switched off for responses that
-            // must not be compressed.
-            let keep = route
-                .compress
-                .as_ref()
-                .is_some_and(|c| c.applies(upstream_response));
-            if !keep {
-                if let Some(m) = session
-                    .downstream_modules_ctx
-                    .get_mut::<ResponseCompression>()
-                {
-                    m.adjust_level(0);
-                }
-            }
-        }
         if let Some(t) = ctx.upstream_started {
             let secs = t.elapsed().as_secs_f64();
             ctx.upstream_ms = Some(secs * 1000.0);
@@ -436,6 +392,35 @@ impl ProxyHttp for Gateway {
             }
         }
         response::response_filter(upstream_response, ctx);
+        let rt = ctx.rt.clone();
+        let Some(route) = ctx.route.map(|i| &rt.routes[i]) else {
+            return Ok(());
+        };
+        if let Some(cors) = &route.cors {
+            let origin = session.req_header().headers.get(http::header::ORIGIN);
+            crate::cors::response_filter(cors, origin, upstream_response);
+        }
+        if route.replace_upstream_errors && upstream_response.status.as_u16() >= 500 {
+            response::replace_upstream_error(session, upstream_response, ctx);
+        } else if let Some(c) = &route.compress {
+            if c.applies(upstream_response) {
+                crate::compress::add_vary(upstream_response);
+                let req = session.req_header();
+                // HTTP/1.0 has no chunked framing; HEAD has no body to encode.
+                let eligible = req.method != http::Method::HEAD
+                    && req.version != http::Version::HTTP_10
+                    && req.version != http::Version::HTTP_09;
+                let enc = crate::compress::negotiate(
+                    req.headers
+                        .get(http::header::ACCEPT_ENCODING)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                if let (true, Some(enc)) = (eligible, enc) {
+                    crate::compress::start(session, upstream_response, enc, c.level);
+                }
+            }
+        }
+        response::apply_route_rules(upstream_response, ctx);
         Ok(())
     }
 

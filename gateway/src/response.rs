@@ -2,6 +2,9 @@
 //!
 //! Expected rejections (404, 413, 431, 502, 504…) are ordinary responses: a small JSON body
 //! `{"error":"…","request_id":"…"}`, the request id echoed, HSTS, `Cache-Control: no-store`.
+//! Navigations (`GET`/`HEAD` accepting `text/html`) on static routes, or matching no route,
+//! get an HTML page instead: the file configured for the status in `[error_pages]`, or a small
+//! built-in page naming the status and the request id.
 
 use crate::proxy::Ctx;
 use bytes::Bytes;
@@ -71,8 +74,111 @@ pub async fn write_error_with(
     close: bool,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<()> {
+    if wants_html(session, ctx) {
+        let page = error_page(ctx, status);
+        return write_body(session, ctx, status, page, HTML, close, extra).await;
+    }
     let body = error_body(error_name(status), &ctx.request_id);
     write_json(session, ctx, status, body, close, extra).await
+}
+
+/// Whether an error for this request should be an HTML page: a navigation (`GET`/`HEAD`
+/// accepting `text/html`) on a static route or on no route at all. API routes always get JSON.
+pub fn wants_html(session: &Session, ctx: &Ctx) -> bool {
+    let req = session.req_header();
+    let static_or_none = match ctx.route.map(|i| &ctx.rt.routes[i].kind) {
+        None | Some(crate::route::RouteKind::Static { .. }) => true,
+        Some(crate::route::RouteKind::Proxy { .. }) => false,
+    };
+    static_or_none && is_navigation(req)
+}
+
+/// `GET`/`HEAD` whose `Accept` names `text/html`.
+fn is_navigation(req: &pingora_http::RequestHeader) -> bool {
+    (req.method == http::Method::GET || req.method == http::Method::HEAD)
+        && req
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"))
+}
+
+/// The HTML page for `status`: the configured file, or the built-in page.
+pub fn error_page(ctx: &Ctx, status: u16) -> Bytes {
+    if let Some(page) = ctx.rt.error_pages.get(&status) {
+        return page.clone();
+    }
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    // Request ids are `[A-Za-z0-9._-]` tokens: nothing to escape.
+    Bytes::from(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1><p>Request id: <code>{}</code></p></body></html>\n",
+        ctx.request_id
+    ))
+}
+
+/// Variables of header rules for this request.
+pub fn vars<'a>(ctx: &'a Ctx, route: &'a crate::route::Route) -> crate::headers::Vars<'a> {
+    crate::headers::Vars {
+        request_id: &ctx.request_id,
+        client_ip: ctx.client_ip,
+        route: &route.name,
+    }
+}
+
+/// Rewrites an upstream 5xx into the gateway's own error (route `replace_upstream_errors`):
+/// same status, our JSON or HTML body, none of the upstream's body or entity headers.
+pub fn replace_upstream_error(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+    let head = session.req_header().method == http::Method::HEAD;
+    let empty = resp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    if empty && !head {
+        // No body will follow the head, so there is nothing to swap the page in for.
+        return;
+    }
+    let status = resp.status.as_u16();
+    // A browser that followed a link to a proxied page gets the page, API clients JSON.
+    let (body, content_type) = if is_navigation(session.req_header()) {
+        (error_page(ctx, status), HTML)
+    } else {
+        (
+            error_body(error_name(status), &ctx.request_id),
+            "application/json",
+        )
+    };
+    for h in [
+        http::header::CONTENT_ENCODING,
+        http::header::TRANSFER_ENCODING,
+        http::header::ETAG,
+        http::header::LAST_MODIFIED,
+        http::header::CONTENT_RANGE,
+        http::header::ACCEPT_RANGES,
+        http::header::CONTENT_LANGUAGE,
+    ] {
+        resp.remove_header(&h);
+    }
+    let _ = resp.insert_header(http::header::CONTENT_TYPE, content_type);
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+    let _ = resp.insert_header(http::header::CACHE_CONTROL, "no-store");
+    ctx.rt.security_headers.apply(resp);
+    if !head {
+        ctx.body_sent += body.len() as u64;
+        crate::compress::replace_body(session, body);
+    }
+}
+
+/// Applies the matched route's `response_headers` rules: the last step before a proxied or
+/// static response head is sent (gateway errors are left as the gateway wrote them).
+pub fn apply_route_rules(resp: &mut ResponseHeader, ctx: &Ctx) {
+    if let Some(route) = ctx.route.map(|i| &ctx.rt.routes[i]) {
+        if !route.response_rules.is_empty() {
+            route.response_rules.apply_response(resp, &vars(ctx, route));
+        }
+    }
 }
 
 /// Writes a JSON response the gateway produced itself, with the common and security headers.
@@ -84,12 +190,29 @@ pub async fn write_json(
     close: bool,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<()> {
+    write_body(session, ctx, status, body, "application/json", close, extra).await
+}
+
+/// Content type of the gateway's HTML pages (errors, maintenance).
+const HTML: &str = "text/html; charset=utf-8";
+
+/// Writes a response the gateway produced itself (JSON error or HTML page) with the common and
+/// security headers (CSP included) and `Cache-Control: no-store`.
+async fn write_body(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Bytes,
+    content_type: &'static str,
+    close: bool,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build_no_case(status, Some(12 + extra.len()))?;
     for (n, v) in extra {
         resp.insert_header(n.clone(), v.clone())?;
     }
     ctx.rt.security_headers.apply(&mut resp);
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     add_common_headers(&mut resp, ctx);
@@ -136,36 +259,17 @@ pub fn response_filter(resp: &mut ResponseHeader, ctx: &mut Ctx) {
 
 /// Writes the maintenance answer: 503 with `Retry-After`, HTML for navigations on static
 /// routes, JSON otherwise.
-pub async fn write_maintenance(session: &mut Session, ctx: &mut Ctx, html: bool) -> Result<()> {
-    let retry = http::HeaderValue::from(ctx.rt.maintenance.retry_after);
-    if !html {
+pub async fn write_maintenance(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    let retry = [(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(ctx.rt.maintenance.retry_after),
+    )];
+    if !wants_html(session, ctx) {
         let body = error_body("maintenance", &ctx.request_id);
-        return write_json(
-            session,
-            ctx,
-            503,
-            body,
-            false,
-            &[(http::header::RETRY_AFTER, retry)],
-        )
-        .await;
+        return write_json(session, ctx, 503, body, false, &retry).await;
     }
-    let body = ctx.rt.maintenance.page.clone();
-    let mut resp = ResponseHeader::build_no_case(503, Some(12))?;
-    ctx.rt.security_headers.apply(&mut resp);
-    resp.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(http::header::RETRY_AFTER, retry)?;
-    add_common_headers(&mut resp, ctx);
-    ctx.status = 503;
-    let head = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head).await?;
-    if !head {
-        ctx.body_sent += body.len() as u64;
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
+    let page = ctx.rt.maintenance.page.clone();
+    write_body(session, ctx, 503, page, HTML, false, &retry).await
 }
 
 #[cfg(test)]

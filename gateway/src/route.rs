@@ -99,6 +99,12 @@ pub struct Route {
     pub compress: Option<Compress>,
     /// This route answers 503 (maintenance).
     pub maintenance: bool,
+    /// Header rules for the request sent upstream.
+    pub request_rules: crate::headers::Rules,
+    /// Header rules for responses (proxied and static).
+    pub response_rules: crate::headers::Rules,
+    /// Replace upstream 5xx bodies with the gateway's own error.
+    pub replace_upstream_errors: bool,
     /// Metric handles labelled with this route's name.
     pub metrics: crate::metrics::RouteMetrics,
 }
@@ -116,6 +122,9 @@ impl Route {
             cors: None,
             compress: None,
             maintenance: false,
+            request_rules: crate::headers::Rules::default(),
+            response_rules: crate::headers::Rules::default(),
+            replace_upstream_errors: false,
             metrics: crate::metrics::RouteMetrics::new(name),
         }
     }

@@ -111,6 +111,8 @@ pub struct Runtime {
     pub limits: Limits,
     /// Maintenance mode.
     pub maintenance: Maintenance,
+    /// Configured HTML error pages by status (navigations on static routes).
+    pub error_pages: HashMap<u16, bytes::Bytes>,
     /// Rate-limit policies by name.
     pub rate_policies: HashMap<String, Arc<crate::rate_limit::RatePolicy>>,
     /// Which rate-limit headers to send.

@@ -95,6 +95,8 @@ pub enum Encoding {
     Identity,
     Gzip,
     Brotli,
+    /// Proxied responses only (static bundles carry br and gzip siblings).
+    Zstd,
 }
 
 impl Encoding {
@@ -104,6 +106,7 @@ impl Encoding {
             Encoding::Identity => "identity",
             Encoding::Gzip => "gzip",
             Encoding::Brotli => "br",
+            Encoding::Zstd => "zstd",
         }
     }
 }
@@ -130,6 +133,7 @@ impl Asset {
             Encoding::Identity => &self.identity,
             Encoding::Gzip => self.gzip.as_ref().unwrap_or(&self.identity),
             Encoding::Brotli => self.br.as_ref().unwrap_or(&self.identity),
+            Encoding::Zstd => &self.identity,
         }
     }
 }
@@ -508,6 +512,7 @@ fn walk(
 struct AcceptEncoding {
     br: Option<f32>,
     gzip: Option<f32>,
+    zstd: Option<f32>,
     identity: Option<f32>,
     star: Option<f32>,
 }
@@ -526,6 +531,7 @@ fn parse_accept_encoding(v: &str) -> AcceptEncoding {
     let mut ae = AcceptEncoding {
         br: None,
         gzip: None,
+        zstd: None,
         identity: None,
         star: None,
     };
@@ -535,6 +541,7 @@ fn parse_accept_encoding(v: &str) -> AcceptEncoding {
         match name.trim().to_ascii_lowercase().as_str() {
             "br" => ae.br = Some(q),
             "gzip" | "x-gzip" => ae.gzip = Some(q),
+            "zstd" => ae.zstd = Some(q),
             "identity" => ae.identity = Some(q),
             "*" => ae.star = Some(q),
             _ => {}
@@ -548,6 +555,17 @@ pub fn negotiate(accept: Option<&str>, has_br: bool, has_gzip: bool) -> Option<E
     let Some(accept) = accept else {
         return Some(Encoding::Identity);
     };
+    match (has_br, has_gzip) {
+        (true, true) => negotiate_among(accept, &[Encoding::Brotli, Encoding::Gzip]),
+        (true, false) => negotiate_among(accept, &[Encoding::Brotli]),
+        (false, true) => negotiate_among(accept, &[Encoding::Gzip]),
+        (false, false) => negotiate_among(accept, &[]),
+    }
+}
+
+/// The best of `offers` (preferred first on equal q) or identity for an `Accept-Encoding`
+/// value; `None` when nothing offered is acceptable (identity refused too).
+pub fn negotiate_among(accept: &str, offers: &[Encoding]) -> Option<Encoding> {
     let ae = parse_accept_encoding(accept);
     let q = |explicit: Option<f32>| explicit.or(ae.star).unwrap_or(0.0);
     // Identity is acceptable unless refused explicitly (or by `*;q=0` without naming it),
@@ -557,12 +575,14 @@ pub fn negotiate(accept: Option<&str>, has_br: bool, has_gzip: bool) -> Option<E
         .or(ae.star.filter(|s| *s == 0.0))
         .unwrap_or(0.001);
     let mut best: Option<(Encoding, f32)> = None;
-    for (enc, avail, qv) in [
-        (Encoding::Brotli, has_br, q(ae.br)),
-        (Encoding::Gzip, has_gzip, q(ae.gzip)),
-        (Encoding::Identity, true, q_id),
-    ] {
-        if avail && qv > 0.0 && best.is_none_or(|(_, b)| qv > b) {
+    for &enc in offers.iter().chain(std::iter::once(&Encoding::Identity)) {
+        let qv = match enc {
+            Encoding::Brotli => q(ae.br),
+            Encoding::Gzip => q(ae.gzip),
+            Encoding::Zstd => q(ae.zstd),
+            Encoding::Identity => q_id,
+        };
+        if qv > 0.0 && best.is_none_or(|(_, b)| qv > b) {
             best = Some((enc, qv));
         }
     }
@@ -769,6 +789,7 @@ pub async fn request_filter(
     ctx.rt.security_headers.apply(&mut resp);
     ctx.status = status;
     if status == 304 {
+        response::apply_route_rules(&mut resp, ctx);
         session.write_response_header(Box::new(resp), true).await?;
         return Ok(());
     }
@@ -784,6 +805,7 @@ pub async fn request_filter(
         RangeSpec::Unsatisfiable => {
             resp.insert_header(header::CONTENT_RANGE, format!("bytes */{}", variant.len))?;
             resp.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+            response::apply_route_rules(&mut resp, ctx);
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(());
         }
@@ -801,6 +823,7 @@ pub async fn request_filter(
     } else {
         resp.insert_header(header::CONTENT_LENGTH, HeaderValue::from(end - start))?;
     }
+    response::apply_route_rules(&mut resp, ctx);
     if head || start == end {
         session.write_response_header(Box::new(resp), true).await?;
         return Ok(());

@@ -61,6 +61,25 @@ pub struct GatewayConf {
     /// Routes, matched in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteConf>>,
+    /// HTML pages by status (`"404" = "errors/404.html"`) for navigations on static routes;
+    /// loaded into memory at config load. Default: a built-in page per status.
+    #[serde(default)]
+    pub error_pages: BTreeMap<String, Spanned<String>>,
+}
+
+/// Header rules for one side of a route: `remove`, then `set`, then `add`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesConf {
+    /// Header names removed. Default `[]`.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Name → value replacing any existing value. Default `{}`.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Name → value appended. Default `{}`.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
 }
 
 /// CORS policy.
@@ -800,6 +819,16 @@ pub struct RouteConf {
     /// JavaScript, XML, SVG.
     #[serde(default)]
     pub compress_types: Option<Vec<String>>,
+    /// Proxy: header rules for the request sent upstream. Default none.
+    #[serde(default)]
+    pub request_headers: Option<Spanned<HeaderRulesConf>>,
+    /// Header rules for responses sent to clients (proxied and static). Default none.
+    #[serde(default)]
+    pub response_headers: Option<Spanned<HeaderRulesConf>>,
+    /// Proxy: replace upstream 5xx bodies with the gateway's error (JSON, or the HTML page
+    /// for navigations). Default false: upstream bodies pass through.
+    #[serde(default)]
+    pub replace_upstream_errors: bool,
     /// Answer 503 (maintenance) on this route, except for `[maintenance] allow`. Default false.
     #[serde(default)]
     pub maintenance: bool,

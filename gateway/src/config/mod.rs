@@ -356,6 +356,30 @@ fn build(
             }
         }
     };
+    let mut error_pages = std::collections::HashMap::new();
+    for (status, file) in &conf.error_pages {
+        let code = status
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (400..=599).contains(c));
+        let Some(code) = code else {
+            problems.push(src.problem(
+                file,
+                format!("[error_pages] `{status}` is not an error status (400..=599)"),
+            ));
+            continue;
+        };
+        let path = resolve(base, file.get_ref());
+        match std::fs::read(&path) {
+            Ok(b) => {
+                error_pages.insert(code, bytes::Bytes::from(b));
+            }
+            Err(e) => problems.push(src.problem(
+                file,
+                format!("[error_pages] {status}: {}: {e}", path.display()),
+            )),
+        }
+    }
     if conf.client_ip.ipv6_prefix > 128 {
         problems.push(Problem {
             location: src.file.to_string(),
@@ -475,13 +499,66 @@ fn build(
                 .to_vec()
             }),
         });
-        if let (Some(kind), Ok(auth), Some(rules), Ok(cors)) = (kind, auth, rules, cors) {
+        let mut header_rules = |spec: &Option<serde_spanned::Spanned<file::HeaderRulesConf>>,
+                                side: crate::headers::Side| {
+            let Some(spec) = spec else {
+                return Some(crate::headers::Rules::default());
+            };
+            let what = match side {
+                crate::headers::Side::Request => "request_headers",
+                crate::headers::Side::Response => "response_headers",
+            };
+            if side == crate::headers::Side::Request && rc.kind != RouteKindConf::Proxy {
+                problems.push(src.problem(
+                    spec,
+                    format!("route `{}`: {what} is only for proxy routes", rc.name),
+                ));
+                return None;
+            }
+            let h = spec.get_ref();
+            let protected: &[http::HeaderName] = match side {
+                crate::headers::Side::Request => &strip_headers,
+                crate::headers::Side::Response => &[],
+            };
+            crate::headers::Rules::compile(
+                &crate::headers::RulesSpec {
+                    remove: &h.remove,
+                    set: &h.set,
+                    add: &h.add,
+                },
+                side,
+                protected,
+            )
+            .map_err(|errors| {
+                for e in errors {
+                    problems.push(src.problem(spec, format!("route `{}`: {what}: {e}", rc.name)));
+                }
+            })
+            .ok()
+        };
+        let request_rules = header_rules(&rc.request_headers, crate::headers::Side::Request);
+        let response_rules = header_rules(&rc.response_headers, crate::headers::Side::Response);
+        if rc.replace_upstream_errors && rc.kind != RouteKindConf::Proxy {
+            problems.push(src.problem(
+                r,
+                format!(
+                    "route `{}`: replace_upstream_errors is only for proxy routes",
+                    rc.name
+                ),
+            ));
+        }
+        if let (Some(kind), Ok(auth), Some(rules), Ok(cors), Some(req_rules), Some(resp_rules)) =
+            (kind, auth, rules, cors, request_rules, response_rules)
+        {
             let mut route = Route::new(&rc.name, &rc.prefix, rc.host.as_deref(), kind);
             route.auth = auth;
             route.rate_rules = rules;
             route.cors = cors;
             route.compress = compress;
             route.maintenance = rc.maintenance;
+            route.request_rules = req_rules;
+            route.response_rules = resp_rules;
+            route.replace_upstream_errors = rc.replace_upstream_errors;
             routes.push(route);
         }
     }
@@ -530,6 +607,14 @@ fn build(
         {
             watch_files.push(resolve(base, f.get_ref()));
         }
+    }
+    for page in conf
+        .maintenance
+        .page
+        .iter()
+        .chain(conf.error_pages.values())
+    {
+        watch_files.push(resolve(base, page.get_ref()));
     }
     let watch_dirs: Vec<PathBuf> = conf
         .routes
@@ -588,6 +673,7 @@ fn build(
             retry_after: conf.maintenance.retry_after.unwrap_or(300),
             page: maintenance_page,
         },
+        error_pages,
         rate_limit_headers: conf.rate_limit_headers,
         ipv6_prefix: conf.client_ip.ipv6_prefix,
         listeners,
