@@ -105,6 +105,8 @@ readiness_drain_seconds = 0
 shutdown_grace_seconds = 0
 upgrade_sock = "{d}/up.sock"
 pid_file = "{d}/gw.pid"
+[limits]
+max_connections_per_ip = 0  # S6 holds 10,000 connections from 127.0.0.1
 [listeners]
 https = "127.0.0.1:{port}"
 http = ""

@@ -233,6 +233,8 @@ mod tests {
         max_uri_bytes: 64,
         reject_underscore_headers: true,
         merge_slashes: true,
+        header_timeout: None,
+        max_connections_per_ip: 0,
     };
 
     fn req(method: &str, path: &[u8], headers: &[(&str, &str)]) -> RequestHeader {

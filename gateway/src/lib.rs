@@ -11,6 +11,7 @@ pub mod auth_filter;
 pub mod certs;
 pub mod compress;
 pub mod config;
+pub mod conn_guard;
 pub mod cors;
 pub mod headers;
 pub mod hygiene;

@@ -243,6 +243,21 @@ pub static OPEN_CONNECTIONS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
     )
 });
 
+/// Downstream connections closed by the gateway's connection guard, by reason
+/// (`per_ip_limit`, `header_timeout`).
+pub static CONNECTIONS_REFUSED: Lazy<prometheus::IntCounterVec> = Lazy::new(|| {
+    register(
+        prometheus::IntCounterVec::new(
+            Opts::new(
+                "gateway_connections_refused_total",
+                "Downstream connections closed by the connection guard, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
 /// Access log lines dropped because the writer could not keep up.
 pub static ACCESS_LOG_DROPPED: Lazy<prometheus::IntCounter> = Lazy::new(|| {
     register(

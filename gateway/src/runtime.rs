@@ -31,6 +31,10 @@ pub struct Limits {
     pub reject_underscore_headers: bool,
     /// Merge `//` in paths.
     pub merge_slashes: bool,
+    /// Deadline for a whole HTTP/1 request head (`None`: off).
+    pub header_timeout: Option<std::time::Duration>,
+    /// Concurrent connections per client IP (0: no cap).
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -43,6 +47,8 @@ impl Default for Limits {
             max_uri_bytes: 8192,
             reject_underscore_headers: true,
             merge_slashes: true,
+            header_timeout: Some(std::time::Duration::from_secs(10)),
+            max_connections_per_ip: 1024,
         }
     }
 }

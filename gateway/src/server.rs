@@ -68,10 +68,12 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "gateway https",
+    let mut proxy = Service::new(
+        "gateway https".into(),
+        crate::conn_guard::EdgeApp::new(
+            pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
+            shared.clone(),
+        ),
     );
     proxy.add_listener(
         ListenerConfig::tcp(listeners.https.clone())

@@ -461,6 +461,21 @@ pub struct LimitsConf {
     /// Merge `//` in paths before routing. Default true.
     #[serde(default = "default_true")]
     pub merge_slashes: bool,
+    /// Deadline for a whole HTTP/1 request head (from the connection's start or its first
+    /// byte), ms; the connection is closed when it passes. 0 = off. Default 10000.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Concurrent connections one client IP may hold; more are closed at once. 0 = no cap.
+    /// Default 1024.
+    #[serde(default = "default_conns_per_ip")]
+    pub max_connections_per_ip: u32,
+}
+
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_conns_per_ip() -> u32 {
+    1024
 }
 
 fn default_one_header() -> usize {
@@ -487,6 +502,8 @@ impl Default for LimitsConf {
             max_uri_bytes: default_one_header(),
             reject_underscore_headers: true,
             merge_slashes: true,
+            header_timeout_ms: default_header_timeout(),
+            max_connections_per_ip: default_conns_per_ip(),
         }
     }
 }

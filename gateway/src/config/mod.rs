@@ -664,6 +664,9 @@ fn build(
             max_uri_bytes: conf.limits.max_uri_bytes,
             reject_underscore_headers: conf.limits.reject_underscore_headers,
             merge_slashes: conf.limits.merge_slashes,
+            header_timeout: (conf.limits.header_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(conf.limits.header_timeout_ms)),
+            max_connections_per_ip: conf.limits.max_connections_per_ip,
         },
         trusted_proxies,
         rate_policies,

@@ -361,7 +361,44 @@ pub async fn raw_https_closed(
     request: &[u8],
     timeout: Duration,
 ) -> (Vec<u8>, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
+    let mut tls = tls_connect(port, ca_pem).await;
+    let _ = tls.write_all(request).await;
+    read_until_closed(&mut tls, timeout).await
+}
+
+/// Reads until the server closes (returns when it does, or after `limit`): (bytes, closed).
+pub async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    limit: Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// A TLS connection (ALPN http/1.1) to the gateway, trusting only the test CA.
+pub async fn tls_connect(
+    port: u16,
+    ca_pem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_connect_alpn(port, ca_pem, b"http/1.1").await
+}
+
+/// [`tls_connect`] offering one ALPN protocol (`h2`, `http/1.1`).
+pub async fn tls_connect_alpn(
+    port: u16,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c.expect("ca")).expect("add ca");
@@ -373,28 +410,17 @@ pub async fn raw_https_closed(
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("tcp");
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").expect("sni"),
             tcp,
         )
         .await
-        .expect("tls");
-    let _ = tls.write_all(request).await;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, true),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (out, false),
-        }
-    }
+        .expect("tls")
 }
 
 /// Status code of a raw HTTP/1.1 response.

@@ -4,6 +4,7 @@ mod api_edge;
 mod browser;
 mod config_check;
 mod harness;
+mod http2;
 mod jwt;
 mod observability;
 mod probe;

@@ -158,3 +158,134 @@ async fn normalised_paths_and_upgrade_attempts_are_forwarded_only_as_checked_req
         assert!(after.header("x-request-id").is_some());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_at_the_deadline_and_connections_per_ip_are_capped() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let (backend, seen) = recording_backend().await;
+    let ports = Ports::new();
+    let conf = format!(
+        "{}\n[limits]\nheader_timeout_ms = 2000\nmax_connections_per_ip = 3\n{}{}\n[[routes]]\nname = \"api\"\nprefix = \"/api\"\nkind = \"proxy\"\nupstream = \"backend\"\n",
+        ports.sections(dir.path()),
+        tls_section(&certs),
+        pool("backend", &[backend.to_string()], "health_check_path = \"\""),
+    );
+    let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+    let ca = &certs.ca_pem;
+
+    // A head trickled one byte every 300 ms: closed at the 2 s deadline (+1 s), never proxied.
+    let trickle = async {
+        let mut s = tls_connect(ports.https, ca).await;
+        let started = tokio::time::Instant::now();
+        let head = b"GET /api/trickle HTTP/1.1\r\nHost: localhost\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for b in head {
+            if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(1)).await;
+        (closed, started.elapsed())
+    };
+    // A connection that never sends a byte is closed at the deadline as well.
+    let silent = async {
+        let mut s = tls_connect(ports.https, ca).await;
+        let started = tokio::time::Instant::now();
+        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        (closed, started.elapsed())
+    };
+    // A keep-alive connection idle between requests longer than the deadline is kept.
+    let idle = async {
+        let mut s = tls_connect(ports.https, ca).await;
+        let req = b"GET /api/one HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        s.write_all(req).await.expect("w");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\"path\"") {
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                .await
+                .expect("r");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        s.write_all(b"GET /api/two HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("second request on the idle connection");
+        let (resp, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        raw_status(&resp)
+    };
+    let ((trickle_closed, trickle_t), (silent_closed, silent_t), idle_status) =
+        tokio::join!(trickle, silent, idle);
+    assert!(trickle_closed, "trickling client closed");
+    assert!(
+        trickle_t >= Duration::from_millis(1800) && trickle_t <= Duration::from_secs(3),
+        "closed after {trickle_t:?}"
+    );
+    assert!(
+        silent_closed && silent_t <= Duration::from_secs(3),
+        "{silent_t:?}"
+    );
+    assert_eq!(
+        idle_status, 200,
+        "idle keep-alive survives the header deadline"
+    );
+    let paths: Vec<String> = seen
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|s| s.uri.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/api/one", "/api/two"],
+        "the trickled request never reached the backend"
+    );
+
+    // Three connections per IP: the fourth is closed at once, a slot freed is usable again.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tls_connect(ports.https, ca).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = tls_connect(ports.https, ca).await;
+    let _ = fourth
+        .write_all(b"GET /api/four HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let (resp, closed) = read_until_closed(&mut fourth, Duration::from_secs(1)).await;
+    assert!(
+        closed && resp.is_empty(),
+        "over the cap: closed without an answer"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = raw_https(
+        ports.https,
+        ca,
+        b"GET /api/five HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200);
+    assert!(
+        metric(
+            &gw,
+            "gateway_connections_refused_total{reason=\"per_ip_limit\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &gw,
+            "gateway_connections_refused_total{reason=\"header_timeout\"}"
+        )
+        .await
+            >= 2.0
+    );
+}

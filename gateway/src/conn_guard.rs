@@ -1,0 +1,355 @@
+//! What applies to a downstream connection as a whole, before pingora's HTTP code sees it: the
+//! deadline for a request's header block and the cap on concurrent connections per client IP.
+//!
+//! pingora 0.9.1 bounds each *read* of a request head, not the head as a whole, so a client
+//! trickling one byte every few seconds keeps a connection (and its buffers) forever. This
+//! app wraps pingora's: each HTTP/1 connection's stream is wrapped in [`HeadDeadline`], which
+//! notices where a request head starts and ends in the bytes it reads and fails the read once
+//! a head has taken longer than `header_timeout_ms` (the connection closes; a head that never
+//! completed has nothing to answer). HTTP/2 connections are not wrapped (their headers come in
+//! frames the h2 library bounds).
+
+use crate::runtime::SharedRuntime;
+use async_trait::async_trait;
+use dashmap::DashMap;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The HTTPS listener's app: guards, then hands the connection to pingora's proxy app.
+pub struct EdgeApp<A> {
+    inner: Arc<A>,
+    runtime: SharedRuntime,
+    per_ip: DashMap<IpAddr, u32>,
+}
+
+impl<A> EdgeApp<A> {
+    /// Wraps `inner` (pingora's `HttpProxy`).
+    pub fn new(inner: A, runtime: SharedRuntime) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            runtime,
+            per_ip: DashMap::new(),
+        }
+    }
+}
+
+/// One counted connection of a client IP; released on drop.
+struct Slot<'a> {
+    map: &'a DashMap<IpAddr, u32>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        // Remove emptied entries so the map holds only IPs with open connections.
+        self.map.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
+
+/// Takes a slot for `ip` unless it already holds `max` connections (`max == 0`: no cap).
+fn acquire(map: &DashMap<IpAddr, u32>, ip: IpAddr, max: u32) -> Option<Slot<'_>> {
+    let mut n = map.entry(ip).or_insert(0);
+    if max > 0 && *n >= max {
+        return None;
+    }
+    *n += 1;
+    drop(n);
+    Some(Slot { map, ip })
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let (max, head_timeout) = {
+            let rt = self.runtime.load();
+            (rt.limits.max_connections_per_ip, rt.limits.header_timeout)
+        };
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _slot = match ip {
+            Some(ip) => match acquire(&self.per_ip, ip, max) {
+                Some(slot) => Some(slot),
+                None => {
+                    crate::metrics::CONNECTIONS_REFUSED
+                        .with_label_values(&["per_ip_limit"])
+                        .inc();
+                    tracing::debug!(%ip, max, "connection refused: per-IP connection cap");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let stream: Stream = match head_timeout {
+            Some(t) if !h2 => Box::new(HeadDeadline::new(stream, t)),
+            _ => stream,
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+/// Where the connection is in its request/response cycle, as seen from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head (the deadline runs).
+    Head,
+    /// The head is complete: body, response, or pipelined data (no deadline).
+    Body,
+    /// A response was written: the next bytes read may start a new head.
+    Idle,
+}
+
+/// A stream that fails its reads once a request head takes longer than `timeout`.
+#[derive(Debug)]
+pub struct HeadDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    /// How many bytes of `\r\n\r\n` the head read so far ends with.
+    matched: u8,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HeadDeadline {
+    /// Wraps a freshly accepted stream: the first head's deadline starts now (a connection
+    /// that never sends a complete head is closed at the deadline too).
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            phase: Phase::Head,
+            matched: 0,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// Advances the `\r\n\r\n` matcher over `bytes`; true when the head ended in them.
+    fn scan(&mut self, bytes: &[u8]) -> bool {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for &b in bytes {
+            self.matched = if b == END[self.matched as usize] {
+                self.matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if self.matched == 4 {
+                self.matched = 0;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn on_read(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.phase == Phase::Idle {
+            // Only the first bytes after a response can start a head: a method token (or the
+            // empty lines RFC 9112 lets precede it). Anything else is body data.
+            if bytes[0].is_ascii_uppercase() || bytes[0] == b'\r' || bytes[0] == b'\n' {
+                self.phase = Phase::Head;
+                self.matched = 0;
+                let at = tokio::time::Instant::now() + self.timeout;
+                self.deadline.as_mut().reset(at);
+            } else {
+                self.phase = Phase::Body;
+                return;
+            }
+        }
+        if self.phase == Phase::Head && self.scan(bytes) {
+            self.phase = Phase::Body;
+        }
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
+            crate::metrics::CONNECTIONS_REFUSED
+                .with_label_values(&["header_timeout"])
+                .inc();
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request header deadline",
+            )));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            this.on_read(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.phase == Phase::Body {
+            this.phase = Phase::Idle;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.phase == Phase::Body {
+            this.phase = Phase::Idle;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> pingora_core::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrapped() -> HeadDeadline {
+        let io = tokio_test_stream();
+        HeadDeadline::new(io, Duration::from_secs(10))
+    }
+
+    fn tokio_test_stream() -> Stream {
+        // A connected pair; only the wrapper's state machine is exercised here.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        a.set_nonblocking(true).expect("nb");
+        let s = tokio::net::UnixStream::from_std(a).expect("tokio");
+        Box::new(pingora_core::protocols::l4::stream::Stream::from(s))
+    }
+
+    #[tokio::test]
+    async fn heads_are_found_across_reads_and_rearmed_only_by_request_starts() {
+        let mut d = wrapped();
+        d.on_read(b"GET / HTTP/1.1\r\nHost: a\r");
+        assert_eq!(d.phase, Phase::Head);
+        d.on_read(b"\n\r");
+        assert_eq!(d.phase, Phase::Head);
+        d.on_read(b"\nbody");
+        assert_eq!(d.phase, Phase::Body, "\\r\\n\\r\\n split over three reads");
+        d.phase = Phase::Idle; // a response was written
+        d.on_read(b"{\"json\":\"body after 100-continue\"}");
+        assert_eq!(d.phase, Phase::Body, "body bytes never start a head");
+        d.phase = Phase::Idle;
+        d.on_read(b"POST /x HTTP/1.1\r\n");
+        assert_eq!(d.phase, Phase::Head, "the next request's head");
+    }
+
+    #[test]
+    fn per_ip_slots_are_capped_and_released() {
+        let map = DashMap::new();
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let a = acquire(&map, ip, 2).expect("first");
+        let b = acquire(&map, ip, 2).expect("second");
+        assert!(acquire(&map, ip, 2).is_none(), "third refused");
+        drop(a);
+        let c = acquire(&map, ip, 2).expect("after release");
+        drop((b, c));
+        assert!(
+            map.is_empty(),
+            "no entry kept for an IP without connections"
+        );
+        assert!(acquire(&map, ip, 0).is_some(), "0 = no cap");
+    }
+}
