@@ -87,7 +87,7 @@ def certs(d: Path, gateway):
     return cdir / "ca.crt", cdir / "server.crt", cdir / "server.key"
 
 
-def gateway_conf(d, web, crt, key, port, admin, backend_port, threads, jwt):
+def gateway_conf(d, web, crt, key, port, admin, backend_port, threads, jwt, blob_port, name="gateway", access_log="off"):
     auth = ""
     provider = ""
     if jwt:
@@ -97,14 +97,22 @@ issuer = "https://localhost:8443"
 audiences = ["expenses-api"]
 jwks_url = "http://127.0.0.1:{backend_port}/.well-known/jwks.json"
 """
-        auth = 'auth = "jwt"\nauth_provider = "b"\nauth_public = ["GET /api/healthz"]\n'
+        # S4: every /api request needs a verified token and passes a per-subject quota
+        # (high enough never to reject; the check itself is what is measured).
+        provider += '''
+[rate_limits.per_subject]
+key = "subject"
+quota = 100000000
+per = "second"
+'''
+        auth = 'auth = "jwt"\nauth_provider = "b"\nrate_limits = ["per_subject"]\n'
     text = f"""threads = {threads}
-access_log = "{os.environ.get('BENCH_ACCESS_LOG', 'off')}"
+access_log = "{access_log}"
 [process]
 readiness_drain_seconds = 0
 shutdown_grace_seconds = 0
-upgrade_sock = "{d}/up.sock"
-pid_file = "{d}/gw.pid"
+upgrade_sock = "{d}/{name}-up.sock"
+pid_file = "{d}/{name}.pid"
 [limits]
 max_connections_per_ip = 0  # S6 holds 10,000 connections from 127.0.0.1
 [listeners]
@@ -119,6 +127,15 @@ key = "{key}"
 {provider}
 [upstreams.backend]
 peers = ["127.0.0.1:{backend_port}"]
+[upstreams.blob]
+peers = ["127.0.0.1:{blob_port}"]
+health_check_path = ""
+[[routes]]
+name = "blob"
+prefix = "/blob"
+kind = "proxy"
+upstream = "blob"
+compress = true
 [[routes]]
 name = "api"
 prefix = "/api"
@@ -132,19 +149,20 @@ kind = "static"
 root = "{web}"
 max_memory_file_bytes = 2097152
 """
-    p = d / ("gateway-jwt.toml" if jwt else "gateway.toml")
+    p = d / f"{name}.toml"
     p.write_text(text)
     return p
 
 
-def nginx_conf(d, web, crt, key, port, backend_port, workers):
+def nginx_conf(d, web, crt, key, port, backend_port, workers, blob_port, name="nginx", access_log=False):
+    log = f"access_log {d}/{name}-access.log combined buffer=64k flush=1s;" if access_log else "access_log off;"
     text = f"""worker_processes {workers};
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
+pid {d}/{name}.pid;
+error_log {d}/{name}-error.log warn;
 events {{ worker_connections 16384; }}
 http {{
   include /etc/nginx/mime.types;
-  access_log off;
+  {log}
   sendfile on;
   tcp_nopush on;
   open_file_cache max=1000 inactive=60s;
@@ -153,6 +171,7 @@ http {{
   keepalive_timeout 75s;
   server_tokens off;
   upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; keepalive_requests 10000000; }}
+  upstream blob {{ server 127.0.0.1:{blob_port}; keepalive 64; keepalive_requests 10000000; }}
   server {{
     listen 127.0.0.1:{port} ssl http2;
     ssl_certificate {crt};
@@ -172,14 +191,72 @@ http {{
       proxy_set_header X-Forwarded-Proto https;
       proxy_set_header X-Request-Id $request_id;
     }}
+    location /blob/ {{
+      proxy_pass http://blob;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      gzip on;
+      gzip_comp_level 1;
+      gzip_proxied any;
+      gzip_min_length 1024;
+      gzip_types application/json;
+    }}
     location /assets/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
     location / {{ try_files $uri /index.html; add_header Cache-Control "no-cache"; }}
   }}
 }}
 """
-    p = d / "nginx.conf"
+    p = d / f"{name}.conf"
     p.write_text(text)
     return p
+
+
+def blob_upstream_conf(d, port):
+    """A plain nginx serving a 10 KiB JSON document: the upstream of the compression scenario
+    (the same for both servers; its CPU is not counted)."""
+    root = d / "blob-root"
+    (root / "blob").mkdir(parents=True, exist_ok=True)
+    item = '{"id":1,"amount_cents":1250,"currency":"EUR","category":"food","note":"lunch with the team"},'
+    doc = '{"items":[' + item * (10240 // len(item)) + '{}]}'
+    (root / "blob" / "expenses.json").write_text(doc)
+    text = f"""worker_processes 1;
+pid {d}/blob.pid;
+error_log {d}/blob-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  include /etc/nginx/mime.types;
+  access_log off;
+  keepalive_requests 10000000;
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+    p = d / "blob.conf"
+    p.write_text(text)
+    return p
+
+
+def tcp_active_opens():
+    """System-wide TCP active opens (connect() calls that started a handshake)."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    tcp = [l.split() for l in lines if l.startswith("Tcp:")]
+    return int(tcp[1][tcp[0].index("ActiveOpens")])
+
+
+def login_token(backend_port):
+    """Registers a bench user on the backend and returns a fresh access token."""
+    import urllib.request
+    body = json.dumps({"email": "bench@example.com", "password": "correct horse battery"}).encode()
+    for path in ("/api/auth/register", "/api/auth/login"):
+        req = urllib.request.Request(f"http://127.0.0.1:{backend_port}{path}", data=body,
+                                     headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req) as r:
+                out = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if path.endswith("register") and e.code == 409:
+                continue
+            raise
+    return out["access_token"]
 
 
 class Server:
@@ -237,12 +314,18 @@ def h2load(url, n, conns, streams, cpu=None):
     return int(m.group(3)), int(m.group(4)) + int(m.group(5))
 
 
-def measure(server, fn):
+def measure(server, fn, client_conns=None):
     pids = server.pids()
+    o0 = tcp_active_opens()
     c0, t0 = cpu_ticks(pids), time.time()
     reqs, errors, lat = fn()
     c1, t1 = cpu_ticks(pids), time.time()
+    opens = tcp_active_opens() - o0
     return {
+        # Connections opened towards upstreams: every active open in the run minus the load
+        # generator's own (proxy scenarios only; health checks make this an upper bound).
+        "upstream_conns_per_1000": (max(0, opens - client_conns) * 1000 / max(reqs, 1)
+                                    if client_conns is not None else None),
         "requests": reqs,
         "errors": errors,
         "rps": reqs / (t1 - t0),
@@ -272,60 +355,114 @@ def main():
     web = make_site(OUT)
     ca, crt, key = certs(OUT, gateway)
 
-    bport, gport, gadmin, nport = free_port(), free_port(), free_port(), free_port()
+    bport, upport = free_port(), free_port()
     env = dict(os.environ, RUST_LOG="warn")
     backend = Server("backend", [backend_bin, "--listen", f"127.0.0.1:{bport}", "--db",
                                  str(OUT / "bench.db"), "--keys-dir", str(OUT / "keys")], bport, env=env)
-    gconf = gateway_conf(OUT, web, crt, key, gport, gadmin, bport, threads, jwt=False)
-    nconf = nginx_conf(OUT, web, crt, key, nport, bport, threads)
-    gw = Server("gateway", [gateway, "run", "-c", str(gconf)], gport, cpu=srv_cpu, env=env)
-    ng = Server("nginx", ["nginx", "-c", str(nconf), "-g", "daemon off;"], nport, cpu=srv_cpu)
-    servers = {"gateway": (gw, gport), "nginx": (ng, nport)}
+    upstream = Server("blob-upstream", ["nginx", "-c", str(blob_upstream_conf(OUT, upport)), "-g", "daemon off;"], upport)
+    token = login_token(bport)
 
+    def gw_server(name, **kw):
+        port, admin = free_port(), free_port()
+        conf = gateway_conf(OUT, web, crt, key, port, admin, bport, threads, blob_port=upport, name=name, **kw)
+        return Server(name, [gateway, "run", "-c", str(conf)], port, cpu=srv_cpu, env=env), port
+
+    def nginx_server(name, **kw):
+        port = free_port()
+        conf = nginx_conf(OUT, web, crt, key, port, bport, threads, upport, name=name, **kw)
+        return Server(name, ["nginx", "-c", str(conf), "-g", "daemon off;"], port, cpu=srv_cpu), port
+
+    servers = {
+        "gateway": gw_server("gateway", jwt=False),
+        "nginx": nginx_server("nginx"),
+        # Variants: S4 (JWT + rate limit) and the access-log-on runs.
+        "gateway-jwt": gw_server("gateway-jwt", jwt=True),
+        "gateway-log": gw_server("gateway-log", jwt=False, access_log="json"),
+        "nginx-log": nginx_server("nginx-log", access_log=True),
+    }
+    gw, ng = servers["gateway"][0], servers["nginx"][0]
     idle_rss = {"gateway": rss_kib(gw.pids()), "nginx": rss_kib(ng.pids())}
+
+    def url(p, path):
+        return f"https://localhost:{p}{path}"
+
+    W = lambda path, conns=32, **kw: (lambda p: lambda: wrk(url(p, path), secs, conns, cpu=gen_cpu, **kw))
+    auth = [f"Authorization: Bearer {token}"]
+    pair = ("gateway", "nginx")
+    logs = ("gateway-log", "nginx-log")
+    # (id, description, servers compared, load, client connections for the upstream count)
     scenarios = [
-        ("S1-1k-h1", "1 KB fingerprinted asset, HTTP/1.1 keep-alive", lambda p: lambda: wrk(f"https://localhost:{p}/assets/s1k.0123abcd.js", secs, 32, cpu=gen_cpu)),
-        ("S1-16k-h1", "16 KB asset, HTTP/1.1 keep-alive", lambda p: lambda: wrk(f"https://localhost:{p}/assets/s16k.0123abcd.js", secs, 32, cpu=gen_cpu)),
-        ("S1-1k-h2", "1 KB asset, HTTP/2 (h2load, 8 conns x 10 streams)", lambda p: lambda: (*h2load(f"https://localhost:{p}/assets/s1k.0123abcd.js", 60000 if args.full else 30000, 8, 10, cpu=gen_cpu), {})),
-        ("S2-deeplink", "SPA deep link -> index.html", lambda p: lambda: wrk(f"https://localhost:{p}/expenses/42", secs, 32, headers=["Accept: text/html"], cpu=gen_cpu)),
-        ("S3-api", "/api/healthz proxied to the backend", lambda p: lambda: wrk(f"https://localhost:{p}/api/healthz", secs, 32, cpu=gen_cpu)),
-        ("S5-handshake", "new TLS connection per request", lambda p: lambda: wrk(f"https://localhost:{p}/assets/s1k.0123abcd.js", secs, 16, close=True, cpu=gen_cpu)),
-        ("S7-1m", "1 MiB asset", lambda p: lambda: wrk(f"https://localhost:{p}/big.bin", secs, 8, cpu=gen_cpu)),
+        ("S1-1k-h1", "1 KB fingerprinted asset, HTTP/1.1 keep-alive", pair, W("/assets/s1k.0123abcd.js"), None),
+        ("S1-16k-h1", "16 KB asset, HTTP/1.1 keep-alive", pair, W("/assets/s16k.0123abcd.js"), None),
+        ("S1-1k-h2", "1 KB asset, HTTP/2 (h2load, 8 conns x 10 streams)", pair,
+         lambda p: lambda: (*h2load(url(p, "/assets/s1k.0123abcd.js"), 60000 if args.full else 30000, 8, 10, cpu=gen_cpu), {}), None),
+        ("S2-deeplink", "SPA deep link -> index.html", pair, W("/expenses/42", headers=["Accept: text/html"]), None),
+        ("S3-api", "/api/healthz proxied to the backend", pair, W("/api/healthz"), 32),
+        ("S4-jwt", "S3 with JWT verification (warm cache) and a per-subject rate limit; vs our S3",
+         ("gateway-jwt",), W("/api/healthz", headers=auth), 32),
+        ("S4-401", "S4 with a forged token: the 401 path (nothing proxied)", ("gateway-jwt",),
+         W("/api/healthz", headers=[f"Authorization: Bearer {token[:-4]}AAAA"]), None),
+        ("S5-handshake", "new TLS connection per request", pair, W("/assets/s1k.0123abcd.js", 16, close=True), None),
+        ("S7-1m", "1 MiB asset", pair, W("/big.bin", 8), None),
+        ("S8-gzip", "10 KiB JSON proxied and gzip-compressed (gateway level 4 vs nginx gzip_comp_level 1)", pair,
+         W("/blob/expenses.json", headers=["Accept-Encoding: gzip"]), 32),
+        ("S1-1k-h1-logs", "S1 1 KB with access logs on (gateway JSON to stdout, nginx buffered file)", logs,
+         W("/assets/s1k.0123abcd.js"), None),
+        ("S3-api-logs", "S3 with access logs on", logs, W("/api/healthz"), 32),
     ]
     if args.only:
         keep = set(args.only.split(","))
-        scenarios = [s for s in scenarios if s[0] in keep]
+        scenarios = [sc for sc in scenarios if sc[0] in keep]
 
     results = {}
-    for sid, desc, make in scenarios:
-        runs = {"gateway": [], "nginx": []}
-        # warm-up both
-        for name, (srv, port) in servers.items():
-            make(port)
+    for sid, desc, names, make, conns in scenarios:
+        runs = {name: [] for name in names}
+        for name in names:  # warm-up
+            make(servers[name][1])()
         for r in range(rounds):
-            order = ["gateway", "nginx"] if r % 2 == 0 else ["nginx", "gateway"]
+            order = list(names) if r % 2 == 0 else list(reversed(names))
             for name in order:
                 srv, port = servers[name]
-                runs[name].append(measure(srv, make(port)))
-        row = {"description": desc}
+                runs[name].append(measure(srv, make(port), conns))
+        row = {"description": desc, "servers": list(names)}
         for name in runs:
             rs = runs[name]
             row[name] = {
                 k: statistics.median([x[k] for x in rs if x[k] is not None]) if any(x[k] is not None for x in rs) else None
-                for k in ("rps", "cpu_us_per_req", "p50_ms", "p99_ms", "rss_kib")
+                for k in ("rps", "cpu_us_per_req", "p50_ms", "p99_ms", "rss_kib", "upstream_conns_per_1000")
             }
             row[name]["cpu_range"] = [min(x["cpu_us_per_req"] for x in rs), max(x["cpu_us_per_req"] for x in rs)]
             row[name]["errors"] = sum(x["errors"] for x in rs)
-        row["cpu_ratio"] = row["gateway"]["cpu_us_per_req"] / row["nginx"]["cpu_us_per_req"]
+        if len(names) == 2:
+            row["cpu_ratio"] = row[names[0]]["cpu_us_per_req"] / row[names[1]]["cpu_us_per_req"]
         results[sid] = row
-        print(f"{sid:14} gateway {row['gateway']['cpu_us_per_req']:7.2f} us/req  nginx {row['nginx']['cpu_us_per_req']:7.2f} us/req  "
-              f"ratio {row['cpu_ratio']:.2f}  rps {row['gateway']['rps']:.0f}/{row['nginx']['rps']:.0f}  "
-              f"errors {row['gateway']['errors']}/{row['nginx']['errors']}", flush=True)
+        first = row[names[0]]
+        line = f"{sid:14} {names[0]} {first['cpu_us_per_req']:7.2f} us/req"
+        if len(names) == 2:
+            second = row[names[1]]
+            line += (f"  {names[1]} {second['cpu_us_per_req']:7.2f} us/req  ratio {row['cpu_ratio']:.2f}"
+                     f"  rps {first['rps']:.0f}/{second['rps']:.0f}  errors {first['errors']}/{second['errors']}")
+        else:
+            line += f"  rps {first['rps']:.0f}  errors {first['errors']}"
+        print(line, flush=True)
+
+    # Overheads against our own baselines, in the same run.
+    def overhead(sid, base_sid, name, base_name):
+        if sid in results and base_sid in results:
+            a = results[sid][name]["cpu_us_per_req"]
+            b = results[base_sid][base_name]["cpu_us_per_req"]
+            results[sid].setdefault("overhead", {})[name] = {"vs": f"{base_sid}/{base_name}", "ratio": a / b}
+    overhead("S4-jwt", "S3-api", "gateway-jwt", "gateway")
+    overhead("S4-401", "S3-api", "gateway-jwt", "gateway")
+    for sid, base in (("S1-1k-h1-logs", "S1-1k-h1"), ("S3-api-logs", "S3-api")):
+        overhead(sid, base, "gateway-log", "gateway")
+        overhead(sid, base, "nginx-log", "nginx")
 
     # S6: idle keep-alive TLS connections, RSS.
     s6 = {}
     if not args.only or "S6-idle" in args.only:
-        for name, (srv, port) in servers.items():
+        for name in ("gateway", "nginx"):
+            srv, port = servers[name]
             before = rss_kib(srv.pids())
             n = 2000 if not args.full else 10000
             p = subprocess.Popen([sys.executable, str(Path(__file__).parent / "idle.py"), str(port), str(n), "8"],
@@ -337,8 +474,10 @@ def main():
         results["S6-idle"] = {"description": "idle TLS keep-alive connections: RSS", **s6}
         print("S6-idle", json.dumps(s6), flush=True)
 
-    for s in (gw, ng, backend):
-        s.stop()
+    for srv, _ in servers.values():
+        srv.stop()
+    backend.stop()
+    upstream.stop()
     stamp = time.strftime("%Y%m%dT%H%M%S")
     res_dir = ROOT / "benches" / "results"
     res_dir.mkdir(exist_ok=True)
@@ -346,15 +485,28 @@ def main():
            "seconds_per_run": secs, "rounds": rounds, "idle_rss_kib": idle_rss,
            "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release}, "results": results}
     (res_dir / f"{stamp}.json").write_text(json.dumps(doc, indent=2))
-    lines = ["| scenario | gateway µs/req | nginx µs/req | ratio | gateway req/s | nginx req/s | gateway p99 ms | nginx p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | server A | A µs/req | server B | B µs/req | A/B | A req/s | B req/s | A p99 ms | B p99 ms | upstream conns / 1000 req (A/B) | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v, f: (f % v) if v is not None else "–"
     for sid, row in results.items():
-        if "cpu_ratio" not in row:
+        names = row.get("servers")
+        if not names:
             continue
-        g, n = row["gateway"], row["nginx"]
-        fmt = lambda v, f: (f % v) if v is not None else "–"
-        lines.append(f"| {sid} | {g['cpu_us_per_req']:.2f} | {n['cpu_us_per_req']:.2f} | {row['cpu_ratio']:.2f} | "
-                     f"{g['rps']:.0f} | {n['rps']:.0f} | {fmt(g['p99_ms'], '%.2f')} | {fmt(n['p99_ms'], '%.2f')} | {g['errors']}/{n['errors']} |")
+        a = row[names[0]]
+        b = row[names[1]] if len(names) == 2 else None
+        ratio = row.get("cpu_ratio")
+        if ratio is None and row.get("overhead"):
+            o = next(iter(row["overhead"].values()))
+            ratio_txt = f"{o['ratio']:.2f} vs {o['vs']}"
+        else:
+            ratio_txt = fmt(ratio, "%.2f")
+        lines.append(
+            f"| {sid} | {names[0]} | {a['cpu_us_per_req']:.2f} | {names[1] if b else '–'} | {fmt(b and b['cpu_us_per_req'], '%.2f')} | {ratio_txt} | "
+            f"{a['rps']:.0f} | {fmt(b and b['rps'], '%.0f')} | {fmt(a['p99_ms'], '%.2f')} | {fmt(b and b['p99_ms'], '%.2f')} | "
+            f"{fmt(a['upstream_conns_per_1000'], '%.2f')}/{fmt(b and b['upstream_conns_per_1000'], '%.2f')} | {a['errors']}/{b['errors'] if b else '–'} |")
+    for sid, row in results.items():
+        for name, o in row.get("overhead", {}).items():
+            lines.append(f"\n{sid}: {name} = {o['ratio']:.3f} x {o['vs']}")
     table = "\n".join(lines)
     (res_dir / f"{stamp}.md").write_text(table + "\n")
     print(table)

@@ -5,6 +5,17 @@ cd "$(dirname "$0")/.."
 # cmake builds pingora's zlib-ng.
 bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus redis-server
 python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
+# Dependency audit (deny.toml): advisories, version floors, one rustls major, licenses, sources.
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+if cargo deny fetch db >/dev/null 2>&1; then
+  cargo deny check advisories bans licenses sources
+elif compgen -G "$HOME/.cargo/advisory-dbs/*/crates" >/dev/null; then
+  echo "cargo deny: advisory database unreachable; auditing against the local copy" >&2
+  cargo deny --offline check advisories bans licenses sources
+else
+  echo "cargo deny: advisory database unreachable and no local copy: advisories NOT checked" >&2
+  cargo deny --offline check bans licenses sources
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo build --all-targets

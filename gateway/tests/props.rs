@@ -67,6 +67,28 @@ proptest! {
     }
 
     #[test]
+    fn compression_only_picks_what_the_client_accepts(
+        items in proptest::collection::vec(("(gzip|br|zstd|identity|\\*|deflate)", 0u8..=10), 0..5)
+    ) {
+        use gateway::static_files::Encoding;
+        let header: Vec<String> = items.iter().map(|(n, q)| format!("{n};q={}", f32::from(*q) / 10.0)).collect();
+        let header = header.join(", ");
+        if let Some(enc) = gateway::compress::negotiate(Some(&header)) {
+            let name = match enc {
+                Encoding::Gzip => "gzip",
+                Encoding::Brotli => "br",
+                Encoding::Zstd => "zstd",
+                Encoding::Identity => unreachable!("identity is None"),
+            };
+            // Chosen only with q > 0, named explicitly or through `*` when not named.
+            let named = items.iter().rev().find(|(n, _)| n == name);
+            let star = items.iter().rev().find(|(n, _)| n == "*");
+            let q = named.or(star).map(|(_, q)| *q).unwrap_or(0);
+            prop_assert!(q > 0, "{header} -> {name}");
+        }
+    }
+
+    #[test]
     fn request_targets_with_forbidden_bytes_are_refused(p in "/[ -~]{0,30}") {
         let ok = gateway::hygiene::check_target(p.as_bytes());
         let forbidden = p.bytes().any(|b| matches!(b, b' ' | b'"' | b'<' | b'>' | b'\\' | b'{' | b'}' | b'|' | b'^' | b'`'));
