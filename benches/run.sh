@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: builds release binaries, installs wrk/nginx/h2load when missing,
-# runs benches/bench.py. Usage: bash benches/run.sh [--quick|--full] [--isolated] [--only S3-api]
+# runs benches/bench.py, then draws PNG charts of the run (benches/chart, plotters).
+# Usage: bash benches/run.sh [--quick|--full] [--isolated] [--only S3-api]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh cmake pkg-config wrk nginx-light nghttp2-client util-linux
-cargo build --release -p gateway -p backend
+bash scripts/deps.sh cmake pkg-config wrk nginx-light nghttp2-client util-linux fonts-dejavu-core
+cargo build --release -p gateway -p backend -p bench-chart
 ulimit -n 65536 2>/dev/null || true
-exec python3 benches/bench.py "$@"
+python3 benches/bench.py "$@"
+latest=$(ls -t benches/results/*.json | head -1)
+target/release/bench-chart "$latest"

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # cmake builds pingora's zlib-ng.
-bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus redis-server
+bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus redis-server fonts-dejavu-core
 python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
 # Dependency audit (deny.toml): advisories, version floors, one rustls major, licenses, sources.
 command -v cargo-deny >/dev/null || cargo install --locked cargo-deny

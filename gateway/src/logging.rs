@@ -1,16 +1,17 @@
 //! Logging: process events as JSON through `tracing` (pingora's `log` records included) on
 //! stderr, and the access log — one JSON line per request on stdout.
 //!
-//! Access lines are formatted in the `logging` phase and handed to a dedicated writer thread
-//! through a bounded channel, so a slow stdout never blocks a request: when the channel is
-//! full the line is dropped and counted (`gateway_access_log_dropped_total`).
+//! Access lines are written straight into one of a few shared buffers (a request thread keeps
+//! to its own shard, so the lock is uncontended): no allocation, no channel, no wake-up per
+//! line. A writer thread swaps the buffers out every 50 ms and writes them to stdout in one
+//! go, so a slow stdout never blocks a request; a shard that grows past 4 MiB (stdout stuck)
+//! drops lines and counts them (`gateway_access_log_dropped_total`).
 
 use crate::proxy::Ctx;
 use once_cell::sync::Lazy;
 use pingora_proxy::Session;
-use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Mutex;
 
 /// Installs the global subscriber once; later calls are no-ops. Level from `RUST_LOG`
 /// (default `info`).
@@ -24,138 +25,277 @@ pub fn init() {
         .try_init();
 }
 
-static WRITER: Lazy<SyncSender<String>> = Lazy::new(|| {
-    let (tx, rx) = sync_channel::<String>(64 * 1024);
+const SHARDS: usize = 16;
+const SHARD_CAP: usize = 4 << 20;
+
+/// The access-log buffers, and the writer thread started on first use.
+static BUFFERS: Lazy<[Mutex<Vec<u8>>; SHARDS]> = Lazy::new(|| {
     let spawned = std::thread::Builder::new()
         .name("access-log".into())
-        .spawn(move || {
+        .spawn(|| {
             let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
-            // Drain in batches every 50 ms: the request threads never wake this thread, and
-            // stdout sees one write per batch instead of one per request.
+            let mut spare = Vec::with_capacity(64 * 1024);
             loop {
                 std::thread::sleep(std::time::Duration::from_millis(50));
-                let mut wrote = false;
-                loop {
-                    match rx.try_recv() {
-                        Ok(line) => {
-                            let _ = out.write_all(line.as_bytes());
-                            wrote = true;
-                        }
-                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                            let _ = out.flush();
-                            return;
-                        }
+                let mut out = stdout.lock();
+                for shard in BUFFERS.iter() {
+                    // Swap under the lock, write outside it.
+                    std::mem::swap(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()), &mut spare);
+                    if !spare.is_empty() {
+                        let _ = out.write_all(&spare);
+                        spare.clear();
                     }
                 }
-                if wrote {
-                    let _ = out.flush();
-                }
+                let _ = out.flush();
             }
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the access log writer; lines will be dropped");
+        tracing::error!(error = %e, "cannot start the access log writer; lines will pile up");
     }
-    tx
+    std::array::from_fn(|_| Mutex::new(Vec::with_capacity(64 * 1024)))
 });
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+thread_local! {
+    /// This thread's shard (threads are spread over the shards as they first log).
+    static SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS
+    };
+}
+
+thread_local! {
+    /// The last timestamp this thread formatted: lines within one millisecond share it.
+    static LAST_TS: std::cell::Cell<(u128, [u8; 24])> = const { std::cell::Cell::new((u128::MAX, [0; 24])) };
+}
+
+/// [`rfc3339`] of the current time, formatted at most once per millisecond per thread.
+fn now_rfc3339(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let (last, text) = LAST_TS.with(|c| c.get());
+    if last == ms {
+        out.extend_from_slice(&text);
+        return;
+    }
+    let start = out.len();
+    rfc3339(out, now);
+    if let Ok(t) = <[u8; 24]>::try_from(&out[start..]) {
+        LAST_TS.with(|c| c.set((ms, t)));
+    }
+}
+
+/// Appends `n` in decimal (what `write!` does, without the formatting machinery).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
-    out.push('"');
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends a duration as milliseconds with three decimals (`12.345`).
+fn push_ms(out: &mut Vec<u8>, d: std::time::Duration) {
+    let micros = d.as_micros() as u64;
+    push_u64(out, micros / 1000);
+    out.push(b'.');
+    let frac = micros % 1000;
+    if frac < 100 {
+        out.push(b'0');
+    }
+    if frac < 10 {
+        out.push(b'0');
+    }
+    push_u64(out, frac);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC) for `now`, without allocating.
+fn rfc3339(out: &mut Vec<u8>, now: std::time::SystemTime) {
+    let d = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &b in s.as_bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b if b < 0x20 || b == 0x7f => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+            b => out.push(b),
+        }
+    }
+    out.push(b'"');
 }
 
 /// Appends `"key":"value",` (string value, escaped).
-fn field(out: &mut String, key: &str, value: &str) {
-    out.push('"');
-    out.push_str(key);
-    out.push_str("\":");
+fn field(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
     json_str(out, value);
-    out.push(',');
+    out.push(b',');
 }
 
-/// Formats the access line of a finished request.
-pub fn access_line(session: &Session, ctx: &Ctx, status: u16) -> String {
+/// Appends `"key":"<Display>",` for values that need no escaping (addresses).
+fn field_display(out: &mut Vec<u8>, key: &str, value: impl std::fmt::Display) {
+    let _ = write!(out, "\"{key}\":\"{value}\",");
+}
+
+/// Appends the access line of a finished request to `s`.
+pub fn access_line(s: &mut Vec<u8>, session: &Session, ctx: &Ctx, status: u16) {
     let req = session.req_header();
-    let mut s = String::with_capacity(512);
-    s.push('{');
-    let ts = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    field(&mut s, "ts", &ts);
-    field(&mut s, "request_id", &ctx.request_id);
-    field(
-        &mut s,
-        "client_ip",
-        &ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-    );
-    field(&mut s, "method", req.method.as_str());
+    s.extend_from_slice(b"{\"ts\":\"");
+    now_rfc3339(s);
+    s.extend_from_slice(b"\",");
+    field(s, "request_id", &ctx.request_id);
+    match ctx.client_ip {
+        Some(ip) => field_display(s, "client_ip", ip),
+        None => field(s, "client_ip", ""),
+    }
+    field(s, "method", req.method.as_str());
     let host = req
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
         .unwrap_or("");
-    field(&mut s, "host", host);
+    field(s, "host", host);
     // The normalised path when known, never the query string.
     let path = if ctx.path.is_empty() {
         req.uri.path()
     } else {
         &ctx.path
     };
-    field(&mut s, "path", path);
+    field(s, "path", path);
     let route = ctx.route.map_or("", |i| ctx.rt.routes[i].name.as_str());
-    field(&mut s, "route", route);
+    field(s, "route", route);
     if let Some(p) = &ctx.peer {
-        field(&mut s, "upstream", &p.to_string());
+        field_display(s, "upstream", p);
     }
     if let Some(sub) = ctx.identity.as_ref().and_then(|i| i.sub.as_deref()) {
-        field(&mut s, "sub", sub);
+        field(s, "sub", sub);
     }
-    if let Some(v) = session
-        .digest()
-        .and_then(|d| d.ssl_digest.as_ref())
-        .map(|d| d.version.clone())
-    {
-        field(&mut s, "tls_version", crate::tls::version_label(&v));
+    if let Some(d) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+        field(s, "tls_version", crate::tls::version_label(&d.version));
     }
-    field(&mut s, "http_version", &format!("{:?}", req.version));
+    let version = match req.version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "",
+    };
+    field(s, "http_version", version);
     if let Some(ua) = req
         .headers
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        field(&mut s, "user_agent", ua);
+        field(s, "user_agent", ua);
     }
     let sent = ctx.body_sent.max(session.body_bytes_sent() as u64);
-    let _ = write!(
-        s,
-        "\"status\":{status},\"bytes_sent\":{sent},\"duration_ms\":{:.3}",
-        ctx.started.elapsed().as_secs_f64() * 1000.0
-    );
+    s.extend_from_slice(b"\"status\":");
+    push_u64(s, u64::from(status));
+    s.extend_from_slice(b",\"bytes_sent\":");
+    push_u64(s, sent);
+    s.extend_from_slice(b",\"duration_ms\":");
+    push_ms(s, ctx.started.elapsed());
     if let Some(ms) = ctx.upstream_ms {
-        let _ = write!(s, ",\"upstream_ms\":{ms:.3}");
+        s.extend_from_slice(b",\"upstream_ms\":");
+        push_ms(s, std::time::Duration::from_secs_f64(ms / 1000.0));
     }
-    s.push_str("}\n");
-    s
+    s.extend_from_slice(b"}\n");
 }
 
-/// Queues a line for the writer thread; drops it (and counts) rather than block.
-pub fn write(line: String) {
-    match WRITER.try_send(line) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            crate::metrics::ACCESS_LOG_DROPPED.inc();
+/// Writes the access line of a finished request into this thread's buffer.
+pub fn write(session: &Session, ctx: &Ctx, status: u16) {
+    let shard = SHARD.with(|s| *s);
+    let mut buf = BUFFERS[shard].lock().unwrap_or_else(|p| p.into_inner());
+    if buf.len() > SHARD_CAP {
+        drop(buf);
+        crate::metrics::ACCESS_LOG_DROPPED.inc();
+        return;
+    }
+    access_line(&mut buf, session, ctx, status);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let mut out = Vec::new();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_329_000_123);
+        rfc3339(&mut out, t);
+        let text = String::from_utf8(out).expect("utf8");
+        let parsed = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .expect("parses as RFC 3339");
+        assert_eq!(parsed.unix_timestamp(), 1_795_329_000);
+        assert_eq!(parsed.millisecond(), 123);
+        for (secs, want) in [(0, "1970-01-01T00:00:00.000Z"), (951_782_400, "2000-02-29T00:00:00.000Z"), (4_107_542_399, "2100-02-28T23:59:59.000Z")] {
+            let mut out = Vec::new();
+            rfc3339(&mut out, std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            assert_eq!(String::from_utf8(out).expect("utf8"), want);
         }
+    }
+
+    #[test]
+    fn numbers_are_written_like_format_would() {
+        for n in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for (micros, want) in [(0u64, "0.000"), (5, "0.005"), (1_050, "1.050"), (12_345_678, "12345.678")] {
+            let mut out = Vec::new();
+            push_ms(&mut out, std::time::Duration::from_micros(micros));
+            assert_eq!(String::from_utf8(out).expect("utf8"), want);
+        }
+        let mut a = Vec::new();
+        now_rfc3339(&mut a);
+        let mut b = Vec::new();
+        now_rfc3339(&mut b);
+        assert_eq!(a.len(), 24);
+        assert!(b >= a, "cached or newer");
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let mut out = Vec::new();
+        field(&mut out, "k", "a\"b\\c\n\u{7f}é");
+        assert_eq!(String::from_utf8(out).expect("utf8"), "\"k\":\"a\\\"b\\\\c\\u000a\\u007fé\",");
     }
 }

@@ -482,7 +482,7 @@ impl ProxyHttp for Gateway {
             m.record_static(status, enc);
         }
         if ctx.rt.access_log {
-            crate::logging::write(crate::logging::access_line(session, ctx, status));
+            crate::logging::write(session, ctx, status);
         }
     }
 }

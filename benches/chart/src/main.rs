@@ -1,0 +1,165 @@
+//! `bench-chart RESULTS.json [FONT.ttf]`: draws PNG charts next to a benchmark result file.
+//!
+//! - `<stamp>-cpu.png`: server CPU µs per request, side by side for each compared scenario;
+//! - `<stamp>-rps.png`: requests per second, the same way.
+//!
+//! Text needs a TrueType font; Debian's DejaVu Sans is the default (`fonts-dejavu-core`).
+
+use anyhow::{bail, Context, Result};
+use plotters::prelude::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// One bar group: scenario id and (server, value) pairs.
+type Group = (String, Vec<(String, f64)>);
+
+/// The compared scenarios of a run, with `metric` for each server.
+fn groups(doc: &Value, metric: &str) -> Vec<Group> {
+    let mut out = Vec::new();
+    let Some(results) = doc["results"].as_object() else {
+        return out;
+    };
+    for (sid, row) in results {
+        let Some(servers) = row["servers"].as_array() else {
+            continue;
+        };
+        let bars: Vec<(String, f64)> = servers
+            .iter()
+            .filter_map(|s| {
+                let name = s.as_str()?;
+                Some((name.to_string(), row[name][metric].as_f64()?))
+            })
+            .collect();
+        if !bars.is_empty() {
+            out.push((sid.clone(), bars));
+        }
+    }
+    out
+}
+
+fn colour(server: &str) -> RGBColor {
+    if server.starts_with("nginx") {
+        RGBColor(0, 150, 57)
+    } else {
+        RGBColor(243, 128, 32)
+    }
+}
+
+/// Horizontal grouped bars: one row per scenario, one bar per server.
+fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
+    let rows: usize = data.iter().map(|(_, b)| b.len()).sum();
+    if rows == 0 {
+        bail!("no compared scenarios in the results");
+    }
+    let max = data
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|(_, v)| *v))
+        .fold(0.0f64, f64::max)
+        * 1.15;
+    let height = 120 + rows as u32 * 26;
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0.0..max, 0..rows)?;
+    let labels: Vec<String> = data
+        .iter()
+        .flat_map(|(sid, bars)| bars.iter().map(move |(s, _)| format!("{sid} · {s}")))
+        .collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(unit)
+        .y_labels(rows)
+        .y_label_formatter(&|y| labels.get(rows - 1 - *y).cloned().unwrap_or_default())
+        .draw()?;
+    let mut i = 0;
+    for (_, bars) in data {
+        for (server, v) in bars {
+            let y = rows - 1 - i;
+            let c = colour(server);
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(0.0, y), (*v, y + 1)],
+                c.filled(),
+            )))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("{v:.1}"),
+                (*v, y),
+                ("sans-serif", 14),
+            )))?;
+            i += 1;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let input = PathBuf::from(args.next().context("usage: bench-chart RESULTS.json [FONT.ttf]")?);
+    let font = args.next().unwrap_or_else(|| FONT.to_string());
+    let bytes: &'static [u8] = Box::leak(
+        std::fs::read(&font)
+            .with_context(|| format!("font {font} (install fonts-dejavu-core)"))?
+            .into_boxed_slice(),
+    );
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("{font} is not a usable TrueType font"))?;
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&input)?)
+        .with_context(|| format!("{} is not JSON", input.display()))?;
+    let stem = input.with_extension("");
+    let mode = doc["mode"].as_str().unwrap_or("?");
+    for (metric, suffix, title, unit) in [
+        ("cpu_us_per_req", "cpu", "Server CPU per request (lower is better)", "µs / request"),
+        ("rps", "rps", "Requests per second (higher is better)", "requests / s"),
+    ] {
+        let out = PathBuf::from(format!("{}-{suffix}.png", stem.display()));
+        draw(&out, &format!("{title} — {mode} mode"), unit, &groups(&doc, metric))?;
+        println!("{}", out.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_follow_the_compared_servers() {
+        let doc: Value = serde_json::json!({
+            "results": {
+                "S1": {"servers": ["gateway", "nginx"], "gateway": {"rps": 2.0}, "nginx": {"rps": 3.0}},
+                "S6-idle": {"description": "no servers list"},
+                "S4": {"servers": ["gateway-jwt"], "gateway-jwt": {"rps": 1.5}}
+            }
+        });
+        let g = groups(&doc, "rps");
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].1, vec![("gateway".into(), 2.0), ("nginx".into(), 3.0)]);
+        assert_eq!(g[1].1, vec![("gateway-jwt".into(), 1.5)]);
+    }
+
+    #[test]
+    fn charts_are_written_as_png() {
+        let Ok(font) = std::fs::read(FONT) else {
+            panic!("{FONT} missing: scripts/deps.sh installs fonts-dejavu-core");
+        };
+        let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+            .map_err(|_| ())
+            .expect("font");
+        let dir = std::env::temp_dir().join(format!("bench-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = dir.join("c.png");
+        let data = vec![("S1".to_string(), vec![("gateway".to_string(), 18.5), ("nginx".to_string(), 16.1)])];
+        draw(&out, "t", "µs", &data).expect("draw");
+        let bytes = std::fs::read(&out).expect("png");
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
