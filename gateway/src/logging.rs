@@ -40,7 +40,10 @@ static BUFFERS: Lazy<[Mutex<Vec<u8>>; SHARDS]> = Lazy::new(|| {
                 let mut out = stdout.lock();
                 for shard in BUFFERS.iter() {
                     // Swap under the lock, write outside it.
-                    std::mem::swap(&mut *shard.lock().unwrap_or_else(|p| p.into_inner()), &mut spare);
+                    std::mem::swap(
+                        &mut *shard.lock().unwrap_or_else(|p| p.into_inner()),
+                        &mut spare,
+                    );
                     if !spare.is_empty() {
                         let _ = out.write_all(&spare);
                         spare.clear();
@@ -261,13 +264,21 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_329_000_123);
         rfc3339(&mut out, t);
         let text = String::from_utf8(out).expect("utf8");
-        let parsed = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
-            .expect("parses as RFC 3339");
+        let parsed =
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .expect("parses as RFC 3339");
         assert_eq!(parsed.unix_timestamp(), 1_795_329_000);
         assert_eq!(parsed.millisecond(), 123);
-        for (secs, want) in [(0, "1970-01-01T00:00:00.000Z"), (951_782_400, "2000-02-29T00:00:00.000Z"), (4_107_542_399, "2100-02-28T23:59:59.000Z")] {
+        for (secs, want) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, "2000-02-29T00:00:00.000Z"),
+            (4_107_542_399, "2100-02-28T23:59:59.000Z"),
+        ] {
             let mut out = Vec::new();
-            rfc3339(&mut out, std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            rfc3339(
+                &mut out,
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            );
             assert_eq!(String::from_utf8(out).expect("utf8"), want);
         }
     }
@@ -279,7 +290,12 @@ mod tests {
             push_u64(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());
         }
-        for (micros, want) in [(0u64, "0.000"), (5, "0.005"), (1_050, "1.050"), (12_345_678, "12345.678")] {
+        for (micros, want) in [
+            (0u64, "0.000"),
+            (5, "0.005"),
+            (1_050, "1.050"),
+            (12_345_678, "12345.678"),
+        ] {
             let mut out = Vec::new();
             push_ms(&mut out, std::time::Duration::from_micros(micros));
             assert_eq!(String::from_utf8(out).expect("utf8"), want);
@@ -296,6 +312,9 @@ mod tests {
     fn strings_are_escaped() {
         let mut out = Vec::new();
         field(&mut out, "k", "a\"b\\c\n\u{7f}é");
-        assert_eq!(String::from_utf8(out).expect("utf8"), "\"k\":\"a\\\"b\\\\c\\u000a\\u007fé\",");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "\"k\":\"a\\\"b\\\\c\\u000a\\u007fé\","
+        );
     }
 }

@@ -76,7 +76,12 @@ fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
         .disable_y_mesh()
         .x_desc(unit)
         .y_labels(rows)
-        .y_label_formatter(&|y| labels.get(rows - 1 - *y).cloned().unwrap_or_default())
+        .y_label_formatter(&|y| {
+            rows.checked_sub(1 + *y)
+                .and_then(|i| labels.get(i))
+                .cloned()
+                .unwrap_or_default()
+        })
         .draw()?;
     let mut i = 0;
     for (_, bars) in data {
@@ -101,7 +106,10 @@ fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let input = PathBuf::from(args.next().context("usage: bench-chart RESULTS.json [FONT.ttf]")?);
+    let input = PathBuf::from(
+        args.next()
+            .context("usage: bench-chart RESULTS.json [FONT.ttf]")?,
+    );
     let font = args.next().unwrap_or_else(|| FONT.to_string());
     let bytes: &'static [u8] = Box::leak(
         std::fs::read(&font)
@@ -115,11 +123,26 @@ fn main() -> Result<()> {
     let stem = input.with_extension("");
     let mode = doc["mode"].as_str().unwrap_or("?");
     for (metric, suffix, title, unit) in [
-        ("cpu_us_per_req", "cpu", "Server CPU per request (lower is better)", "µs / request"),
-        ("rps", "rps", "Requests per second (higher is better)", "requests / s"),
+        (
+            "cpu_us_per_req",
+            "cpu",
+            "Server CPU per request (lower is better)",
+            "µs / request",
+        ),
+        (
+            "rps",
+            "rps",
+            "Requests per second (higher is better)",
+            "requests / s",
+        ),
     ] {
         let out = PathBuf::from(format!("{}-{suffix}.png", stem.display()));
-        draw(&out, &format!("{title} — {mode} mode"), unit, &groups(&doc, metric))?;
+        draw(
+            &out,
+            &format!("{title} — {mode} mode"),
+            unit,
+            &groups(&doc, metric),
+        )?;
         println!("{}", out.display());
     }
     Ok(())
@@ -156,7 +179,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bench-chart-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let out = dir.join("c.png");
-        let data = vec![("S1".to_string(), vec![("gateway".to_string(), 18.5), ("nginx".to_string(), 16.1)])];
+        let data = vec![(
+            "S1".to_string(),
+            vec![("gateway".to_string(), 18.5), ("nginx".to_string(), 16.1)],
+        )];
         draw(&out, "t", "µs", &data).expect("draw");
         let bytes = std::fs::read(&out).expect("png");
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
