@@ -229,6 +229,20 @@ pub static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
+/// Failed TLS handshakes by reason (see [`crate::logging::HandshakeFailures`]).
+pub static TLS_HANDSHAKE_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_tls_handshake_failures_total",
+                "Failed TLS handshakes by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
 /// Open downstream connections by listener.
 pub static OPEN_CONNECTIONS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
     register(
@@ -421,6 +435,7 @@ pub fn render() -> Vec<u8> {
     Lazy::force(&CERT_NOT_AFTER);
     Lazy::force(&JWKS_LAST_SUCCESS);
     Lazy::force(&TLS_HANDSHAKES);
+    Lazy::force(&TLS_HANDSHAKE_FAILURES);
     Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&OPEN_CONNECTIONS);
     Lazy::force(&PROCESS);

@@ -227,3 +227,86 @@ fn tls_1_0_and_1_1_clients_fail_the_handshake() {
     let r = handshake(gw.https, "localhost", &[], rustls::DEFAULT_VERSIONS);
     assert!(r.is_ok(), "{r:?}");
 }
+
+async fn failure_counts(gw: &Gateway, reasons: &[&str]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for r in reasons {
+        let series = format!("gateway_tls_handshake_failures_total{{reason=\"{r}\"}}");
+        out.push(metric(gw, &series).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_counted_by_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, _, _) = start_two_cert_gateway(dir.path());
+    let port = gw.https;
+    let reasons = [
+        "malformed",
+        "client_closed",
+        "incompatible",
+        "client_alert",
+        "other",
+    ];
+    // The harness's readiness probe (connect, close) is already counted: take deltas.
+    let before = failure_counts(&gw, &reasons).await;
+    tokio::task::spawn_blocking(move || {
+        // Plain HTTP on the TLS port.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("w");
+        let _ = s.read(&mut [0u8; 64]);
+        // Connect and hang up.
+        drop(std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+        // A TLS 1.0-only client.
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
+        s.write_all(&legacy_client_hello(0x0301)).expect("w");
+        let _ = s.read(&mut [0u8; 64]);
+        // A client that does not trust our certificate: it aborts with an alert.
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("v")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(cfg),
+            ServerName::try_from("localhost").expect("sni"),
+        )
+        .expect("conn");
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        while conn.is_handshaking() {
+            if conn.complete_io(&mut sock).is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("clients");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = failure_counts(&gw, &reasons).await;
+    let delta: Vec<(&str, f64)> = reasons
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(r, (b, a))| (*r, a - b))
+        .collect();
+    // Plain HTTP → malformed; hang-up → client_closed; a TLS 1.0 hello (no signature
+    // algorithms) → incompatible; an untrusting client's alert → client_alert.
+    assert_eq!(
+        delta,
+        [
+            ("malformed", 1.0),
+            ("client_closed", 1.0),
+            ("incompatible", 1.0),
+            ("client_alert", 1.0),
+            ("other", 0.0)
+        ]
+    );
+    // A good handshake is not a failure.
+    let c = gw.client();
+    assert_eq!(c.get(gw.url("/x")).send().await.expect("ok").status(), 404);
+    assert_eq!(failure_counts(&gw, &reasons).await, after);
+}
