@@ -314,6 +314,23 @@ def h2load(url, n, conns, streams, cpu=None):
     return int(m.group(3)), int(m.group(4)) + int(m.group(5))
 
 
+def oha(url, secs, rate, conns=32, cpu=None):
+    """Open-loop load at a fixed rate with latency correction (coordinated omission): tail
+    latency as a user sees it. Returns p50/p99/p99.9 in ms and the error count."""
+    argv = ["oha", "-z", f"{secs}s", "-q", str(int(rate)), "-c", str(conns), "--latency-correction",
+            "-w", "--no-tui", "--output-format", "json", "--insecure", url]
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu] + argv
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
+    doc = json.loads(out.stdout)
+    pct = doc["latencyPercentiles"]
+    codes = doc.get("statusCodeDistribution", {})
+    bad = sum(v for k, v in codes.items() if not k.startswith("2"))
+    errs = sum(doc.get("errorDistribution", {}).values())
+    return {"p50_ms": pct["p50"] * 1000, "p99_ms": pct["p99"] * 1000, "p99.9_ms": pct["p99.9"] * 1000,
+            "errors": bad + errs, "rps": doc["summary"]["requestsPerSec"]}
+
+
 def measure(server, fn, client_conns=None):
     pids = server.pids()
     o0 = tcp_active_opens()
@@ -446,6 +463,29 @@ def main():
             line += f"  rps {first['rps']:.0f}  errors {first['errors']}"
         print(line, flush=True)
 
+    # Tail latency at fixed rates: 25/50/75 % of the slower side's maximum (from the wrk runs
+    # above), open loop with latency correction, interleaved.
+    if shutil.which("oha"):
+        for sid, path in (("S1-1k-h1", "/assets/s1k.0123abcd.js"), ("S3-api", "/api/healthz")):
+            if sid not in results:
+                continue
+            slower = min(results[sid][n]["rps"] for n in pair)
+            fixed = {}
+            for pct in (25, 50, 75):
+                rate = slower * pct / 100
+                row = {}
+                for name in (pair if pct != 50 else tuple(reversed(pair))):
+                    row[name] = oha(url(servers[name][1], path), secs, rate, cpu=gen_cpu)
+                row["p99_ratio"] = row["gateway"]["p99_ms"] / row["nginx"]["p99_ms"]
+                row["p99.9_ratio"] = row["gateway"]["p99.9_ms"] / row["nginx"]["p99.9_ms"]
+                fixed[f"{pct}%"] = {"rate": rate, **row}
+                print(f"{sid} at {pct}% ({rate:.0f} req/s): p99 {row['gateway']['p99_ms']:.2f}/{row['nginx']['p99_ms']:.2f} ms "
+                      f"p99.9 {row['gateway']['p99.9_ms']:.2f}/{row['nginx']['p99.9_ms']:.2f} ms "
+                      f"errors {row['gateway']['errors']}/{row['nginx']['errors']}", flush=True)
+            results[sid]["fixed_rate"] = fixed
+    else:
+        print("oha not installed: fixed-rate tail latencies skipped (benches/run.sh installs it)", flush=True)
+
     # Overheads against our own baselines, in the same run.
     def overhead(sid, base_sid, name, base_name):
         if sid in results and base_sid in results:
@@ -504,6 +544,13 @@ def main():
             f"| {sid} | {names[0]} | {a['cpu_us_per_req']:.2f} | {names[1] if b else '–'} | {fmt(b and b['cpu_us_per_req'], '%.2f')} | {ratio_txt} | "
             f"{a['rps']:.0f} | {fmt(b and b['rps'], '%.0f')} | {fmt(a['p99_ms'], '%.2f')} | {fmt(b and b['p99_ms'], '%.2f')} | "
             f"{fmt(a['upstream_conns_per_1000'], '%.2f')}/{fmt(b and b['upstream_conns_per_1000'], '%.2f')} | {a['errors']}/{b['errors'] if b else '–'} |")
+    for sid, row in results.items():
+        for pct, fr in row.get("fixed_rate", {}).items():
+            lines.append(f"\n{sid} at {pct} of the slower maximum ({fr['rate']:.0f} req/s, oha, latency-corrected): "
+                         f"p50 {fr['gateway']['p50_ms']:.2f}/{fr['nginx']['p50_ms']:.2f} ms, "
+                         f"p99 {fr['gateway']['p99_ms']:.2f}/{fr['nginx']['p99_ms']:.2f} ms ({fr['p99_ratio']:.2f}x), "
+                         f"p99.9 {fr['gateway']['p99.9_ms']:.2f}/{fr['nginx']['p99.9_ms']:.2f} ms ({fr['p99.9_ratio']:.2f}x), "
+                         f"errors {fr['gateway']['errors']}/{fr['nginx']['errors']}")
     for sid, row in results.items():
         for name, o in row.get("overhead", {}).items():
             lines.append(f"\n{sid}: {name} = {o['ratio']:.3f} x {o['vs']}")

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh cmake pkg-config wrk nginx-light nghttp2-client util-linux fonts-dejavu-core
+command -v oha >/dev/null || cargo install --locked oha  # fixed-rate tail latency
 cargo build --release -p gateway -p backend -p bench-chart
 ulimit -n 65536 2>/dev/null || true
 python3 benches/bench.py "$@"
