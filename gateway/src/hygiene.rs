@@ -235,6 +235,7 @@ mod tests {
         merge_slashes: true,
         header_timeout: None,
         max_connections_per_ip: 0,
+        tls_handshake_timeout: None,
     };
 
     fn req(method: &str, path: &[u8], headers: &[(&str, &str)]) -> RequestHeader {

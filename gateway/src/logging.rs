@@ -57,7 +57,19 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeFailures 
         }
         let mut m = Message(None);
         event.record(&mut m);
-        if let Some(reason) = m.0.as_deref().and_then(handshake_failure_reason) {
+        if let Some(mut reason) = m.0.as_deref().and_then(handshake_failure_reason) {
+            // A handshake the deadline cut short fails as if the client had hung up.
+            if reason == "client_closed"
+                && crate::conn_guard::HANDSHAKE_TIMEOUTS_UNLOGGED
+                    .fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok()
+            {
+                reason = "timeout";
+            }
             crate::metrics::TLS_HANDSHAKE_FAILURES
                 .with_label_values(&[reason])
                 .inc();

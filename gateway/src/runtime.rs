@@ -35,6 +35,8 @@ pub struct Limits {
     pub header_timeout: Option<std::time::Duration>,
     /// Concurrent connections per client IP (0: no cap).
     pub max_connections_per_ip: u32,
+    /// Deadline for a TLS handshake (`None`: pingora's 60 s).
+    pub tls_handshake_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Limits {
@@ -49,6 +51,7 @@ impl Default for Limits {
             merge_slashes: true,
             header_timeout: Some(std::time::Duration::from_secs(10)),
             max_connections_per_ip: 1024,
+            tls_handshake_timeout: Some(std::time::Duration::from_secs(10)),
         }
     }
 }

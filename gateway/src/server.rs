@@ -68,13 +68,12 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = Service::new(
-        "gateway https".into(),
-        crate::conn_guard::EdgeApp::new(
-            pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
-            shared.clone(),
-        ),
+    let edge = crate::conn_guard::EdgeApp::new(
+        pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
+        shared.clone(),
     );
+    let handshake_deadline = edge.handshake_deadline();
+    let mut proxy = Service::new("gateway https".into(), edge);
     proxy.add_listener(
         ListenerConfig::tcp(listeners.https.clone())
             .tls(crate::tls::listener_settings(shared.clone()))
@@ -83,6 +82,7 @@ pub fn build(
                 listeners.write_buffer_bytes,
             )),
     );
+    proxy.endpoints().set_pre_tls_callback(handshake_deadline);
     server.add_service(proxy);
 
     if let Some(http) = &listeners.http {

@@ -469,6 +469,10 @@ pub struct LimitsConf {
     /// Default 1024.
     #[serde(default = "default_conns_per_ip")]
     pub max_connections_per_ip: u32,
+    /// Deadline for a TLS handshake, from accept to the handshake's end, ms; the connection is
+    /// closed when it passes. 0 = off (pingora's own 60 s remains). Default 10000.
+    #[serde(default = "default_header_timeout")]
+    pub tls_handshake_timeout_ms: u64,
 }
 
 fn default_header_timeout() -> u64 {
@@ -504,6 +508,7 @@ impl Default for LimitsConf {
             merge_slashes: true,
             header_timeout_ms: default_header_timeout(),
             max_connections_per_ip: default_conns_per_ip(),
+            tls_handshake_timeout_ms: default_header_timeout(),
         }
     }
 }

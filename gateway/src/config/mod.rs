@@ -667,6 +667,8 @@ fn build(
             header_timeout: (conf.limits.header_timeout_ms > 0)
                 .then(|| std::time::Duration::from_millis(conf.limits.header_timeout_ms)),
             max_connections_per_ip: conf.limits.max_connections_per_ip,
+            tls_handshake_timeout: (conf.limits.tls_handshake_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(conf.limits.tls_handshake_timeout_ms)),
         },
         trusted_proxies,
         rate_policies,

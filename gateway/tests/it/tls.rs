@@ -310,3 +310,111 @@ async fn failed_handshakes_are_counted_by_reason() {
     assert_eq!(c.get(gw.url("/x")).send().await.expect("ok").status(), 404);
     assert_eq!(failure_counts(&gw, &reasons).await, after);
 }
+
+/// A modern ClientHello (rustls, TLS 1.3 and 1.2) for `localhost`, as bytes on the wire.
+fn client_hello() -> (rustls::ClientConnection, Vec<u8>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(cfg),
+        ServerName::try_from("localhost").expect("sni"),
+    )
+    .expect("conn");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("hello");
+    (conn, hello)
+}
+
+/// Reads (discarding) until the peer closes; the time it did, or `None` within `limit`.
+async fn closed_after(
+    s: &mut tokio::net::TcpStream,
+    started: tokio::time::Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let (_, closed) = read_until_closed(s, limit).await;
+    closed.then(|| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_closed_at_the_deadline() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    const TIMEOUTS: &str = "gateway_tls_handshake_failures_total{reason=\"timeout\"}";
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let ports = Ports::new();
+    let conf = format!(
+        "{}\n[limits]\ntls_handshake_timeout_ms = 1500\n{}",
+        ports.sections(dir.path()),
+        tls_section(&certs)
+    );
+    let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+    let before = metric(&gw, TIMEOUTS).await;
+    let port = gw.https;
+    let connect = || async move {
+        let s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        (s, tokio::time::Instant::now())
+    };
+
+    // Connects and sends nothing.
+    let silent = async {
+        let (mut s, t0) = connect().await;
+        closed_after(&mut s, t0, Duration::from_secs(5)).await
+    };
+    // Trickles its ClientHello one byte every 100 ms (it would take ~25 s).
+    let trickle = async {
+        let (mut s, t0) = connect().await;
+        let (_, hello) = client_hello();
+        for b in hello {
+            if s.write_all(&[b]).await.is_err() {
+                break;
+            }
+            if let Some(t) = closed_after(&mut s, t0, Duration::from_millis(100)).await {
+                return Some(t);
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+        }
+        closed_after(&mut s, t0, Duration::from_millis(500)).await
+    };
+    // Sends its ClientHello, reads the server's flight, never sends Finished.
+    let no_finished = async {
+        let (mut s, t0) = connect().await;
+        let (_conn, hello) = client_hello();
+        s.write_all(&hello).await.expect("hello");
+        closed_after(&mut s, t0, Duration::from_secs(5)).await
+    };
+    // Completes its handshake, then idles past the deadline before its request.
+    let done = async {
+        let mut s = tls_connect(port, &certs.ca_pem).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request after the deadline");
+        let (resp, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+        raw_status(&resp)
+    };
+    let (silent, trickle, no_finished, done) = tokio::join!(silent, trickle, no_finished, done);
+    for (name, t) in [
+        ("silent", silent),
+        ("trickle", trickle),
+        ("no Finished", no_finished),
+    ] {
+        let t = t.unwrap_or_else(|| panic!("{name}: not closed"));
+        assert!(
+            t >= Duration::from_millis(1300) && t <= Duration::from_millis(2500),
+            "{name}: closed after {t:?}, deadline 1.5 s"
+        );
+    }
+    assert_eq!(done, 404, "a finished handshake is not under the deadline");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(&gw, TIMEOUTS).await - before, 3.0);
+}
