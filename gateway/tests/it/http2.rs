@@ -1,6 +1,6 @@
 //! HTTP/2 limits probed with raw frames: the stream cap is enforced by the server (a client
 //! library would politely queue the 101st stream instead of sending it), and a rapid-reset
-//! burst leaves the gateway's memory bounded and the gateway serving.
+//! burst and a CONTINUATION flood leave the gateway's memory bounded and the gateway serving.
 
 use crate::harness::*;
 use std::time::Duration;
@@ -212,4 +212,79 @@ async fn a_rapid_reset_burst_leaves_memory_bounded() {
         .filter(|s| s.uri == "/api/slow")
         .count();
     assert!(slow < 10_000, "{slow} reset streams reached the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off_with_memory_bounded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, seen, certs) = start(dir.path()).await;
+    let pid = gw.child.id();
+    let c = gw
+        .client_builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client");
+    assert_eq!(
+        c.get(gw.url("/api/warm"))
+            .send()
+            .await
+            .expect("warm")
+            .status(),
+        200
+    );
+    let before = rss_kib(pid);
+
+    // One header block that never ends (CVE-2024-27316 style): HEADERS without END_HEADERS,
+    // then up to 4,000 CONTINUATION frames of one 4,000-byte `x-pad` field each (16 MB).
+    let mut s = h2_connect(&gw, &certs.ca_pem).await;
+    s.write_all(&frame(0x1, 0x1, 1, &get_headers("/api/continuation")))
+        .await
+        .expect("headers");
+    let mut field = vec![0x00, 5];
+    field.extend_from_slice(b"x-pad");
+    field.extend_from_slice(&[0x7f, 0xa1, 0x1e]); // HPACK integer 4000 (7-bit prefix)
+    field.extend(std::iter::repeat_n(b'a', 4000));
+    let continuation = frame(0x9, 0, 1, &field);
+    let mut sent = 0;
+    for _ in 0..4000 {
+        let write = s.write_all(&continuation);
+        match tokio::time::timeout(Duration::from_secs(2), write).await {
+            Ok(Ok(())) => sent += 1,
+            // Hung up on, or no longer read: the flood is cut off.
+            _ => break,
+        }
+    }
+    let frames = read_frames(&mut s, Duration::from_millis(1000)).await;
+    let refused = frames
+        .iter()
+        .any(|f| f.0 == 0x7 || (f.0 == 0x3 && f.2 == 1));
+    assert!(
+        sent < 4000 || refused,
+        "the endless header block was accepted: {sent} frames, answer {:?}",
+        frames.iter().map(|f| (f.0, f.2)).collect::<Vec<_>>()
+    );
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB ({sent} frames sent)"
+    );
+    assert!(
+        !seen
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|r| r.uri == "/api/continuation"),
+        "the flooded request reached the backend"
+    );
+    // Still serving.
+    assert_eq!(
+        c.get(gw.url("/api/after"))
+            .send()
+            .await
+            .expect("after")
+            .status(),
+        200
+    );
 }
