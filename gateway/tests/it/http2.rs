@@ -116,6 +116,24 @@ async fn h2_connect(
     s
 }
 
+/// An HTTP/2 (prior knowledge) client trusting the test CA.
+fn h2_client(gw: &Gateway) -> reqwest::Client {
+    gw.client_builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("h2 client")
+}
+
+/// The status of a GET of `path` over `c`.
+async fn h2_get(gw: &Gateway, c: &reqwest::Client, path: &str) -> u16 {
+    c.get(gw.url(path))
+        .send()
+        .await
+        .expect("h2 request")
+        .status()
+        .as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_101st_concurrent_stream_is_refused() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -152,20 +170,9 @@ async fn a_rapid_reset_burst_leaves_memory_bounded() {
     let dir = tempfile::tempdir().expect("tmp");
     let (gw, seen, certs) = start(dir.path()).await;
     // Warm up so the baseline includes the runtime's steady-state allocations.
-    let c = gw
-        .client_builder()
-        .http2_prior_knowledge()
-        .build()
-        .expect("h2 client");
+    let c = h2_client(&gw);
     for _ in 0..20 {
-        assert_eq!(
-            c.get(gw.url("/api/warm"))
-                .send()
-                .await
-                .expect("warm")
-                .status(),
-            200
-        );
+        assert_eq!(h2_get(&gw, &c, "/api/warm").await, 200);
     }
     let pid = gw.child.id();
     let before = rss_kib(pid);
@@ -197,14 +204,7 @@ async fn a_rapid_reset_burst_leaves_memory_bounded() {
         "RSS grew from {before} KiB to {after} KiB (GOAWAYs: {goaways})"
     );
     // Still serving, and the reset streams did not pile up at the backend.
-    assert_eq!(
-        c.get(gw.url("/api/after"))
-            .send()
-            .await
-            .expect("after")
-            .status(),
-        200
-    );
+    assert_eq!(h2_get(&gw, &c, "/api/after").await, 200);
     let slow = seen
         .lock()
         .expect("log")
@@ -219,19 +219,8 @@ async fn a_continuation_flood_is_cut_off_with_memory_bounded() {
     let dir = tempfile::tempdir().expect("tmp");
     let (gw, seen, certs) = start(dir.path()).await;
     let pid = gw.child.id();
-    let c = gw
-        .client_builder()
-        .http2_prior_knowledge()
-        .build()
-        .expect("h2 client");
-    assert_eq!(
-        c.get(gw.url("/api/warm"))
-            .send()
-            .await
-            .expect("warm")
-            .status(),
-        200
-    );
+    let c = h2_client(&gw);
+    assert_eq!(h2_get(&gw, &c, "/api/warm").await, 200);
     let before = rss_kib(pid);
 
     // One header block that never ends (CVE-2024-27316 style): HEADERS without END_HEADERS,
@@ -279,12 +268,5 @@ async fn a_continuation_flood_is_cut_off_with_memory_bounded() {
         "the flooded request reached the backend"
     );
     // Still serving.
-    assert_eq!(
-        c.get(gw.url("/api/after"))
-            .send()
-            .await
-            .expect("after")
-            .status(),
-        200
-    );
+    assert_eq!(h2_get(&gw, &c, "/api/after").await, 200);
 }
