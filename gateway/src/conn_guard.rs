@@ -203,11 +203,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if !self.handshakes.is_empty() {
-            if let Some(d) = stream.get_socket_digest() {
-                if let Some((_, watch)) = self.handshakes.remove(&(Arc::as_ptr(&d) as usize)) {
-                    watch.end();
-                }
+        // The handshake is done: end its watch (one shard lock; `is_empty` would take all).
+        if let Some(d) = stream.get_socket_digest() {
+            if let Some((_, watch)) = self.handshakes.remove(&(Arc::as_ptr(&d) as usize)) {
+                watch.end();
             }
         }
         let (max, head_timeout) = {
