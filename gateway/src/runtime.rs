@@ -88,6 +88,8 @@ pub struct Process {
     pub pid_file: String,
     /// Idle upstream connections kept per thread.
     pub upstream_keepalive_pool_size: usize,
+    /// One work-stealing runtime instead of one runtime per thread.
+    pub work_stealing: bool,
 }
 
 /// Maintenance mode settings.

@@ -52,6 +52,7 @@ pub fn build(
         upgrade_sock: p.upgrade_sock,
         pid_file: p.pid_file,
         upstream_keepalive_pool_size: p.upstream_keepalive_pool_size,
+        work_stealing: p.work_stealing,
         daemon: flags.daemon,
         ..ServerConf::default()
     };

@@ -180,6 +180,11 @@ pub struct ProcessConf {
     /// Idle upstream keep-alive connections kept per worker thread. Default 128.
     #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool_size: usize,
+    /// Let idle worker threads steal connections queued on busy ones (one multi-threaded
+    /// runtime). Default false: each thread runs its own single-threaded runtime and keeps the
+    /// connections it accepted, like nginx workers, which costs less CPU per request.
+    #[serde(default)]
+    pub work_stealing: bool,
 }
 
 fn default_grace() -> u64 {
@@ -207,6 +212,7 @@ impl Default for ProcessConf {
             upgrade_sock: default_upgrade_sock(),
             pid_file: default_pid_file(),
             upstream_keepalive_pool_size: default_keepalive_pool(),
+            work_stealing: false,
         }
     }
 }

@@ -694,6 +694,7 @@ fn build(
             upgrade_sock: conf.process.upgrade_sock.clone(),
             pid_file: conf.process.pid_file.clone(),
             upstream_keepalive_pool_size: conf.process.upstream_keepalive_pool_size,
+            work_stealing: conf.process.work_stealing,
         },
     })
 }
