@@ -222,14 +222,24 @@ fn rfc3339(out: &mut Vec<u8>, now: std::time::SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    );
+    // Fixed-width digits by hand: `write!` cost more than the rest of the line.
+    let two = |out: &mut Vec<u8>, n: u64, sep: u8| {
+        out.push(b'0' + (n / 10 % 10) as u8);
+        out.push(b'0' + (n % 10) as u8);
+        out.push(sep);
+    };
+    let year = year.clamp(0, 9999) as u64;
+    two(out, year / 100, b'0' + (year / 10 % 10) as u8);
+    out.push(b'0' + (year % 10) as u8);
+    out.push(b'-');
+    two(out, month as u64, b'-');
+    two(out, day as u64, b'T');
+    two(out, rem / 3600, b':');
+    two(out, rem / 60 % 60, b':');
+    two(out, rem % 60, b'.');
+    let ms = u64::from(d.subsec_millis());
+    out.push(b'0' + (ms / 100) as u8);
+    two(out, ms, b'Z');
 }
 
 fn json_str(out: &mut Vec<u8>, s: &str) {

@@ -249,7 +249,14 @@ async fn failed_handshakes_are_counted_by_reason() {
         "client_alert",
         "other",
     ];
-    // The harness's readiness probe (connect, close) is already counted: take deltas.
+    // The harness's readiness probe (connect, close) counts as one client_closed, recorded
+    // when the gateway notices the close (which may be after the probe returned): wait for
+    // it, then take deltas.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while failure_counts(&gw, &["client_closed"]).await[0] < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "probe never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let before = failure_counts(&gw, &reasons).await;
     tokio::task::spawn_blocking(move || {
         // Plain HTTP on the TLS port.
