@@ -255,8 +255,8 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
                 b'\\' => out.extend_from_slice(b"\\\\"),
                 b if needs_escape(b) => {
                     out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(b >> 4)]);
-                    out.push(HEX[usize::from(b & 0xf)]);
+                    out.push(crate::request_id::HEX[usize::from(b >> 4)]);
+                    out.push(crate::request_id::HEX[usize::from(b & 0xf)]);
                 }
                 b => out.push(b),
             }
@@ -264,8 +264,6 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.push(b'"');
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Bytes a JSON string can't hold as they are (DEL escaped too: log viewers choke on it).
 fn needs_escape(b: u8) -> bool {

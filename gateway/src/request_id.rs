@@ -9,6 +9,9 @@ pub fn is_sane(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Lowercase hex digits, shared by the id generator and the access log's escapes.
+pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// The id for a request: the client's when sane, else 128 random bits in hex.
 pub fn from_client(client: Option<&[u8]>) -> String {
     match client {
@@ -18,7 +21,7 @@ pub fn from_client(client: Option<&[u8]>) -> String {
             let mut n = rand::random::<u128>();
             let mut hex = [0u8; 32];
             for b in hex.iter_mut().rev() {
-                *b = b"0123456789abcdef"[(n & 0xf) as usize];
+                *b = HEX[(n & 0xf) as usize];
                 n >>= 4;
             }
             hex.iter().map(|&b| char::from(b)).collect()
