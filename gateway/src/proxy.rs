@@ -477,12 +477,13 @@ impl ProxyHttp for Gateway {
         let m = ctx
             .route
             .map_or(&*metrics::NO_ROUTE, |i| &ctx.rt.routes[i].metrics);
-        m.record(&session.req_header().method, status, ctx.started.elapsed());
+        let elapsed = ctx.started.elapsed();
+        m.record(&session.req_header().method, status, elapsed);
         if let Some(enc) = ctx.encoding {
             m.record_static(status, enc);
         }
         if ctx.rt.access_log {
-            crate::logging::write(session, ctx, status);
+            crate::logging::write(session, ctx, status, elapsed);
         }
     }
 }
