@@ -16,7 +16,6 @@ use crate::response;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::Result;
-use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::collections::HashMap;
 use std::io::Read;
@@ -673,9 +672,9 @@ pub struct SecurityHeaders {
 
 impl SecurityHeaders {
     /// Adds every header to `resp`.
-    pub fn apply(&self, resp: &mut ResponseHeader) {
+    pub fn apply(&self, resp: &mut impl response::PutHeader) {
         for (n, v) in &self.headers {
-            let _ = resp.insert_header(n.clone(), v.clone());
+            resp.put(n.clone(), v.clone());
         }
     }
 }
@@ -778,51 +777,62 @@ pub async fn request_filter(
             RangeSpec::Unsatisfiable => 416,
         }
     };
-    let mut resp = ResponseHeader::build_no_case(status, Some(16))?;
-    resp.insert_header(header::ETAG, variant.etag.clone())?;
-    resp.insert_header(header::LAST_MODIFIED, asset.last_modified.clone())?;
-    resp.insert_header(header::CACHE_CONTROL, asset.cache_control.clone())?;
+    let mut h = response::Head::new(
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK),
+        16,
+    );
+    h.put(header::ETAG, variant.etag.clone());
+    h.put(header::LAST_MODIFIED, asset.last_modified.clone());
+    h.put(header::CACHE_CONTROL, asset.cache_control.clone());
     if asset.has_variants() {
-        resp.insert_header(header::VARY, HeaderValue::from_static("Accept-Encoding"))?;
+        h.put(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
-    response::add_common_headers(&mut resp, ctx);
-    ctx.rt.security_headers.apply(&mut resp);
+    response::add_common_headers_to(&mut h, ctx);
+    ctx.rt.security_headers.apply(&mut h.parts.headers);
     ctx.status = status;
     if status == 304 {
+        let mut resp = h.finish();
         response::apply_route_rules(&mut resp, ctx);
         session.write_response_header(Box::new(resp), true).await?;
         return Ok(());
     }
-    resp.insert_header(header::CONTENT_TYPE, asset.content_type.clone())?;
-    resp.insert_header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))?;
+    h.put(header::CONTENT_TYPE, asset.content_type.clone());
+    h.put(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if enc != Encoding::Identity {
-        resp.insert_header(
+        h.put(
             header::CONTENT_ENCODING,
             HeaderValue::from_static(enc.as_str()),
-        )?;
+        );
     }
     let (start, end) = match range {
         RangeSpec::Unsatisfiable => {
-            resp.insert_header(header::CONTENT_RANGE, format!("bytes */{}", variant.len))?;
-            resp.insert_header(header::CONTENT_LENGTH, HeaderValue::from_static("0"))?;
+            h.put(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{}", variant.len))
+                    .expect("digits are a valid header value"),
+            );
+            h.put(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            let mut resp = h.finish();
             response::apply_route_rules(&mut resp, ctx);
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(());
         }
         RangeSpec::Part(s, e) => {
-            resp.insert_header(
+            h.put(
                 header::CONTENT_RANGE,
-                format!("bytes {s}-{e}/{}", variant.len),
-            )?;
+                HeaderValue::from_str(&format!("bytes {s}-{e}/{}", variant.len))
+                    .expect("digits are a valid header value"),
+            );
             (s, e + 1)
         }
         RangeSpec::Full => (0, variant.len),
     };
     if end - start == variant.len {
-        resp.insert_header(header::CONTENT_LENGTH, variant.len_header.clone())?;
+        h.put(header::CONTENT_LENGTH, variant.len_header.clone());
     } else {
-        resp.insert_header(header::CONTENT_LENGTH, HeaderValue::from(end - start))?;
+        h.put(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     }
+    let mut resp = h.finish();
     response::apply_route_rules(&mut resp, ctx);
     if head || start == end {
         session.write_response_header(Box::new(resp), true).await?;
