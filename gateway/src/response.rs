@@ -9,7 +9,7 @@
 use crate::proxy::Ctx;
 use bytes::Bytes;
 use http::HeaderName;
-use pingora_core::Result;
+use pingora_core::{OrErr as _, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
@@ -275,22 +275,34 @@ async fn write_body(
     close: bool,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build_no_case(status, Some(12 + extra.len()))?;
+    let status_code = http::StatusCode::from_u16(status)
+        .or_err(pingora_core::ErrorType::InternalError, "response status")?;
+    let mut h = Head::new(status_code, 12 + extra.len());
     for (n, v) in extra {
-        resp.insert_header(n.clone(), v.clone())?;
+        h.put(n.clone(), v.clone());
     }
-    ctx.rt.security_headers.apply(&mut resp);
-    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    add_common_headers(&mut resp, ctx);
+    ctx.rt.security_headers.apply(&mut h.parts.headers);
+    h.put(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    h.put(http::header::CONTENT_LENGTH, body.len().into());
+    h.put(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    add_common_headers_to(&mut h, ctx);
     // A body we did not read must not be taken for the next request: close instead.
     let close =
         close || (crate::hygiene::has_body(session.req_header()) && !session.is_body_done());
     if close {
-        resp.insert_header(http::header::CONNECTION, "close")?;
+        h.put(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
         session.set_keepalive(None);
     }
+    let resp = h.finish();
     ctx.status = status;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
