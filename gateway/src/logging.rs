@@ -266,7 +266,7 @@ fn rfc3339(out: &mut Vec<u8>, now: std::time::SystemTime) {
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Almost every value needs no escaping: one vectorised scan, then one copy.
+    // Almost every value needs no escaping: one block scan, then one copy.
     if is_clean(bytes) {
         out.extend_from_slice(bytes);
     } else {
@@ -286,8 +286,8 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Whether no byte of `bytes` needs escaping. Sixteen bytes at a time with no branch inside a
-/// block, which the compiler turns into a few SIMD compares per block.
+/// Whether no byte of `bytes` needs escaping: sixteen bytes at a time, branch-free inside a
+/// block.
 fn is_clean(bytes: &[u8]) -> bool {
     /// SWAR over two 8-byte words (the compiler would not vectorise the byte loop): a byte
     /// below 0x20, or equal to `"`, `\` or DEL, sets a high bit in the result. Exact for

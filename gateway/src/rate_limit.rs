@@ -512,7 +512,13 @@ pub async fn request_filter(
 }
 
 /// Adds the rate-limit headers for the tightest policy that applied.
-pub fn add_headers(resp: &mut pingora_http::ResponseHeader, ctx: &crate::proxy::Ctx) {
+pub fn add_headers(resp: &mut impl crate::response::PutHeader, ctx: &crate::proxy::Ctx) {
+    use http::{HeaderName, HeaderValue};
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    const STATE: HeaderName = HeaderName::from_static("ratelimit");
+    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
     let Some((p, remaining)) = &ctx.rate else {
         return;
     };
@@ -521,16 +527,16 @@ pub fn add_headers(resp: &mut pingora_http::ResponseHeader, ctx: &crate::proxy::
         .rate_reset_override
         .unwrap_or_else(|| p.reset_secs(*remaining));
     if h.ratelimit {
-        let _ = resp.insert_header("RateLimit-Policy", p.policy_header().clone());
-        let _ = resp.insert_header(
-            "RateLimit",
-            format!("\"{}\";r={remaining};t={reset}", p.name),
-        );
+        resp.put(POLICY, p.policy_header().clone());
+        // A policy name that is no valid header value leaves this header out.
+        if let Ok(v) = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", p.name)) {
+            resp.put(STATE, v);
+        }
     }
     if h.x_ratelimit {
-        let _ = resp.insert_header("X-RateLimit-Limit", http::HeaderValue::from(p.limit()));
-        let _ = resp.insert_header("X-RateLimit-Remaining", http::HeaderValue::from(*remaining));
-        let _ = resp.insert_header("X-RateLimit-Reset", http::HeaderValue::from(reset));
+        resp.put(LIMIT, HeaderValue::from(p.limit()));
+        resp.put(REMAINING, HeaderValue::from(*remaining));
+        resp.put(RESET, HeaderValue::from(reset));
     }
 }
 

@@ -46,30 +46,24 @@ pub fn error_body(error: &str, request_id: &str) -> Bytes {
 
 /// Adds the headers every HTTPS response carries: HSTS and the request id.
 pub fn add_common_headers(resp: &mut ResponseHeader, ctx: &Ctx) {
-    add_hsts_and_id(resp, ctx);
-    crate::rate_limit::add_headers(resp, ctx);
+    add_common(resp, ctx);
 }
 
 /// [`add_common_headers`] for a head the gateway builds itself ([`Head`]).
 pub fn add_common_headers_to(head: &mut Head, ctx: &Ctx) {
-    add_hsts_and_id(&mut head.parts.headers, ctx);
-    if ctx.rate.is_some() {
-        // Rare on the paths that build a `Head` (static files): the pingora head's API.
-        let mut resp = std::mem::take(head).finish();
-        crate::rate_limit::add_headers(&mut resp, ctx);
-        head.parts = resp.into();
-    }
+    add_common(&mut head.parts.headers, ctx);
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-fn add_hsts_and_id(h: &mut impl PutHeader, ctx: &Ctx) {
+fn add_common(h: &mut impl PutHeader, ctx: &Ctx) {
     if let Some(hsts) = &ctx.rt.hsts {
         h.put(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     if let Ok(id) = http::HeaderValue::from_str(&ctx.request_id) {
         h.put(X_REQUEST_ID, id);
     }
+    crate::rate_limit::add_headers(h, ctx);
 }
 
 /// Setting a header on a response head: pingora's head or the plain `http` map.
@@ -97,12 +91,6 @@ impl PutHeader for http::HeaderMap {
 pub struct Head {
     /// Status, version and headers.
     pub parts: http::response::Parts,
-}
-
-impl Default for Head {
-    fn default() -> Self {
-        Self::new(http::StatusCode::OK, 0)
-    }
 }
 
 impl Head {
