@@ -30,5 +30,6 @@ pub mod runtime;
 pub mod server;
 pub mod shared_store;
 pub mod static_files;
+pub mod text;
 pub mod tls;
 pub mod upstream;

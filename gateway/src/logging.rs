@@ -8,6 +8,7 @@
 //! drops lines and counts them (`gateway_access_log_dropped_total`).
 
 use crate::proxy::Ctx;
+use crate::text::{push_ip, push_u64};
 use once_cell::sync::Lazy;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_proxy::Session;
@@ -185,32 +186,6 @@ fn rfc3339_cached(out: &mut Vec<u8>, now: std::time::SystemTime) {
     out.extend_from_slice(&line);
 }
 
-/// Appends `n` in decimal (what `write!` does, without the formatting machinery).
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    // Most numbers in a line (octets, status, milliseconds) have at most three digits.
-    if n < 1000 {
-        if n >= 100 {
-            out.push(b'0' + (n / 100) as u8);
-        }
-        if n >= 10 {
-            out.push(b'0' + (n / 10 % 10) as u8);
-        }
-        out.push(b'0' + (n % 10) as u8);
-        return;
-    }
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// Appends a duration as milliseconds with three decimals (`12.345`).
 fn push_ms(out: &mut Vec<u8>, d: std::time::Duration) {
     let micros = d.as_micros() as u64;
@@ -324,23 +299,6 @@ fn is_clean(bytes: &[u8]) -> bool {
 /// Bytes a JSON string can't hold as they are (DEL escaped too: log viewers choke on it).
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
-}
-
-/// Appends an IP address the way `Display` writes it; IPv4 without the formatting machinery.
-fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(o));
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
 }
 
 /// Appends `"key":"value",` (string value, escaped). Inlined so that the key is a constant

@@ -319,9 +319,14 @@ impl ProxyHttp for Gateway {
         } else {
             None
         };
-        let host = request_host(session.req_header()).to_string();
-        let client_ip = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let peer_ip = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let host = request_host(session.req_header());
+        let client_ip = crate::text::ip_string(ctx.client_ip);
+        // Only a trusted peer is named in `X-Forwarded-For`.
+        let peer_ip = if ctx.via_trusted_proxy {
+            crate::text::ip_string(ctx.peer_ip)
+        } else {
+            String::new()
+        };
         if let Some(id) = &ctx.identity {
             for (name, value) in &id.headers {
                 upstream_request.insert_header(name.clone(), value.clone())?;
@@ -338,7 +343,7 @@ impl ProxyHttp for Gateway {
                 client_ip: &client_ip,
                 peer_ip: &peer_ip,
                 append_forwarded_for: ctx.via_trusted_proxy,
-                host: &host,
+                host,
                 request_id: &ctx.request_id,
                 new_path: new_path.as_deref(),
                 upgrade: session.is_upgrade_req(),

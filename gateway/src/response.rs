@@ -306,11 +306,15 @@ async fn write_body(
 /// `response_filter` for proxied responses: hide upstream software, add our headers, and the
 /// baseline security headers the upstream did not set.
 pub fn response_filter(resp: &mut ResponseHeader, ctx: &mut Ctx) {
-    resp.remove_header("Server");
-    resp.remove_header("X-Powered-By");
+    const X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
+    resp.remove_header(&http::header::SERVER);
+    resp.remove_header(&X_POWERED_BY);
     add_common_headers(resp, ctx);
-    for name in ["x-content-type-options", "referrer-policy"] {
-        if !resp.headers.contains_key(name) {
+    for name in [
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::header::REFERRER_POLICY,
+    ] {
+        if !resp.headers.contains_key(&name) {
             if let Some((n, v)) = ctx
                 .rt
                 .security_headers

@@ -303,14 +303,15 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
 }
 
 /// Headers that describe one hop only and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "proxy-authenticate",
-    "proxy-authorization",
+/// Names, not strings: a `&str` is parsed into a header name on every removal.
+const HOP_BY_HOP: [http::HeaderName; 7] = [
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
 ];
 
 /// Facts about the downstream request the upstream request is rewritten with.
@@ -349,7 +350,7 @@ pub fn upstream_request_filter(req: &mut RequestHeader, fwd: &Forwarding<'_>) {
             req.remove_header(n.as_str());
         }
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         req.remove_header(h);
     }
     if fwd.upgrade {
