@@ -114,21 +114,22 @@ impl Value {
         match self {
             Value::Fixed(v) => Some(v.clone()),
             Value::Template(parts) => {
-                use std::fmt::Write;
-                let mut s = String::with_capacity(64);
+                let mut s = Vec::with_capacity(64);
                 for p in parts {
                     match p {
-                        Part::Lit(l) => s.push_str(l),
-                        Part::Var(Var::RequestId) => s.push_str(vars.request_id),
-                        Part::Var(Var::Route) => s.push_str(vars.route),
+                        Part::Lit(l) => s.extend_from_slice(l.as_bytes()),
+                        Part::Var(Var::RequestId) => {
+                            s.extend_from_slice(vars.request_id.as_bytes())
+                        }
+                        Part::Var(Var::Route) => s.extend_from_slice(vars.route.as_bytes()),
                         Part::Var(Var::ClientIp) => {
                             if let Some(ip) = vars.client_ip {
-                                let _ = write!(s, "{ip}");
+                                crate::text::push_ip(&mut s, ip);
                             }
                         }
                     }
                 }
-                HeaderValue::from_str(&s).ok()
+                HeaderValue::from_str(std::str::from_utf8(&s).ok()?).ok()
             }
         }
     }
