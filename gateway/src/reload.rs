@@ -37,8 +37,11 @@ pub struct ReloadStatus {
     pub last_reload_success: bool,
     /// Changed settings that only apply after a restart.
     pub restart_required: Vec<String>,
-    /// Reloads attempted.
+    /// Reloads attempted (inputs found changed, or forced).
     pub attempts: u64,
+    /// Times the inputs were fingerprinted, by any trigger: with nothing changing on disk
+    /// this only moves with the 5 s safety-net poll, SIGHUP and `POST /reload`.
+    pub checks: u64,
 }
 
 /// The result of one reload attempt.
@@ -124,6 +127,7 @@ impl Reloader {
             last_reload_success: true,
             restart_required: Vec::new(),
             attempts: 0,
+            checks: 0,
         };
         crate::metrics::LAST_RELOAD_SUCCESS.set(1);
         Self {
@@ -147,6 +151,9 @@ impl Reloader {
     pub fn reload(&self, trigger: &str, force: bool) -> Result<Outcome, String> {
         let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.load_full();
+        if let Ok(mut s) = self.status.lock() {
+            s.checks += 1;
+        }
         if !force && fingerprint(&current) == self.status().content_hash {
             return Ok(Outcome::Unchanged);
         }
@@ -270,6 +277,18 @@ fn relevant(path: &Path, files: &[PathBuf], roots: &[PathBuf]) -> bool {
         || files.iter().any(|f| f.file_name() == name)
 }
 
+/// Whether an event kind can mean new content. inotify also reports opens and reads: the
+/// fingerprint's own reads of the watched files would otherwise trigger the next check, a
+/// loop re-reading every input five times a second. A close after writing still counts.
+fn may_change_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 fn make_watcher(
     rt: &Runtime,
     set: &[(PathBuf, bool)],
@@ -280,7 +299,8 @@ fn make_watcher(
     let roots = rt.watch_dirs.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| relevant(p, &files, &roots)) {
+            if may_change_content(&ev.kind) && ev.paths.iter().any(|p| relevant(p, &files, &roots))
+            {
                 let _ = tx.send(());
             }
         }
@@ -342,6 +362,37 @@ impl BackgroundService for ReloadService {
                 watcher = make_watcher(&self.reloader.runtime.load(), &set, tx.clone());
             }
             let _ = &watcher;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_change_content;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    #[test]
+    fn reads_do_not_trigger_a_check_but_writes_and_renames_do() {
+        for quiet in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(!may_change_content(&quiet), "{quiet:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change_content(&change), "{change:?}");
         }
     }
 }

@@ -241,6 +241,23 @@ default = true
     )
 }
 
+/// A config with the port sections, one certificate and one static route `web` at `/` over
+/// `root`, with `extra` keys for that route.
+pub fn static_site_conf(
+    dir: &Path,
+    ports: &Ports,
+    certs: &TestCerts,
+    root: &Path,
+    extra: &str,
+) -> String {
+    format!(
+        "{}{}\n[[routes]]\nname = \"web\"\nprefix = \"/\"\nkind = \"static\"\nroot = \"{}\"\n{extra}\n",
+        ports.sections(dir),
+        tls_section(certs),
+        root.display()
+    )
+}
+
 /// A proxy pool section named `name` with `peers` and extra keys.
 pub fn pool(name: &str, peers: &[String], extra: &str) -> String {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();

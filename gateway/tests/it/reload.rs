@@ -359,11 +359,12 @@ async fn previous_assets_stay_servable_for_the_grace_period() {
     .expect("v1");
     std::fs::write(root.join("assets/app.aaaa1111.js"), "console.log(1)").expect("v1 js");
     let ports = Ports::new();
-    let conf = format!(
-        "{}{}\n[[routes]]\nname = \"web\"\nprefix = \"/\"\nkind = \"static\"\nroot = \"{}\"\nprevious_assets_grace_seconds = 3\n",
-        ports.sections(dir.path()),
-        tls_section(&certs),
-        root.display()
+    let conf = static_site_conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &root,
+        "previous_assets_grace_seconds = 3",
     );
     let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
     let c = gw.client();
@@ -419,6 +420,68 @@ async fn previous_assets_stay_servable_for_the_grace_period() {
             .status(),
         404,
         "after grace"
+    );
+}
+
+/// Reading the watched files (as the fingerprint itself does) must not start a check: inotify
+/// reports opens, and reacting to them made every check trigger the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_watched_files_does_not_trigger_checks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let root = dir.path().join("site");
+    std::fs::create_dir_all(root.join("assets")).expect("mkdir");
+    std::fs::write(root.join("index.html"), "v1").expect("index");
+    std::fs::write(root.join("assets/app.aaaa1111.js"), "x").expect("js");
+    let ports = Ports::new();
+    let conf = static_site_conf(dir.path(), &ports, &certs, &root, "");
+    let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+    // A forced check reads every input once, as each check does.
+    assert_eq!(admin_reload(&gw).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = admin_config(&gw).await["checks"].as_u64().expect("checks");
+    // Bursts of reads with quiet gaps longer than the watcher's 200 ms debounce: each burst
+    // used to start a check.
+    for _ in 0..5 {
+        for f in [
+            dir.path().join("gateway.toml"),
+            certs.cert.clone(),
+            certs.key.clone(),
+            root.join("index.html"),
+            root.join("assets/app.aaaa1111.js"),
+        ] {
+            std::fs::read(&f).expect("read");
+        }
+        std::fs::read_dir(root.join("assets"))
+            .expect("ls")
+            .for_each(drop);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let after = admin_config(&gw).await["checks"].as_u64().expect("checks");
+    // At most one, the 5 s safety-net poll.
+    assert!(
+        after - before <= 1,
+        "checks went {before} -> {after} with nothing written"
+    );
+
+    // A write is still seen.
+    let gen0 = admin_config(&gw).await["generation"].as_u64().expect("gen");
+    std::fs::write(root.join("index.html"), "v2").expect("v2");
+    let t = Instant::now();
+    while admin_config(&gw).await["generation"].as_u64().expect("gen") == gen0 {
+        assert!(t.elapsed() < Duration::from_secs(3), "write not seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gw.client()
+            .get(gw.url("/"))
+            .send()
+            .await
+            .expect("r")
+            .text()
+            .await
+            .expect("t"),
+        "v2"
     );
 }
 

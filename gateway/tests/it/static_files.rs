@@ -459,12 +459,7 @@ async fn etags_are_stable_across_restarts() {
     let mut etags = Vec::new();
     for _ in 0..2 {
         let ports = Ports::new();
-        let conf = format!(
-            "{}{}\n[[routes]]\nname = \"web\"\nprefix = \"/\"\nkind = \"static\"\nroot = \"{}\"\n",
-            ports.sections(dir.path()),
-            tls_section(&certs),
-            root.display()
-        );
+        let conf = static_site_conf(dir.path(), &ports, &certs, &root, "");
         let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
         let c = gw
             .client_builder()
