@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             upgrade,
             daemon,
         } => {
+            gateway::server::prefer_small_pages();
             gateway::logging::init();
             let rt = match gateway::config::load(&config, None) {
                 Ok(rt) => rt,

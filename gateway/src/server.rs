@@ -26,6 +26,20 @@ pub struct RunFlags {
     pub daemon: bool,
 }
 
+/// Turns transparent huge pages off for this process. mimalloc advises huge pages on its
+/// arena, so every touched 2 MiB of heap became resident whole: an idle gateway held 43 MiB
+/// instead of 18, and each idle connection 66 KB instead of 60. A proxy's heap is many small
+/// per-connection objects; the TLB savings don't show in its CPU per request. Call it before
+/// the config (and its in-memory assets) is loaded.
+#[allow(unsafe_code)]
+pub fn prefer_small_pages() {
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot disable transparent huge pages");
+    }
+}
+
 /// Builds the server for the config at `path` (already loaded into `runtime`) and serves until
 /// shutdown.
 pub fn run(path: &std::path::Path, runtime: Runtime, flags: &RunFlags) {
