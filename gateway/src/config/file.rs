@@ -233,17 +233,17 @@ pub struct ListenersConf {
     /// Port written into the HTTPS redirect; default: the port of `https`.
     #[serde(default)]
     pub redirect_https_port: Option<u16>,
-    /// Per-connection write buffer of the HTTPS listener, bytes: a response head and a small
-    /// body leave in one TLS write instead of two. Default 8192.
-    #[serde(default = "default_conn_buffer")]
+    /// Per-connection write buffer under TLS, bytes. Default 0: a small response already
+    /// leaves as one TLS record in one write (the head is held for the first body write) and
+    /// larger ones as one `writev` of their records, so a buffer only costs memory on every
+    /// idle connection (≈ 4 KB).
+    #[serde(default)]
     pub write_buffer_bytes: usize,
-    /// Per-connection read buffer of the HTTPS listener, bytes. Default 8192.
-    #[serde(default = "default_conn_buffer")]
+    /// Per-connection read buffer under TLS, bytes. Default 0: rustls reads records into its
+    /// own buffer; a separate buffer costs ≈ 7 KB on every idle connection. Upload-heavy
+    /// sites may set 16384 for fewer read syscalls on large request bodies.
+    #[serde(default)]
     pub read_buffer_bytes: usize,
-}
-
-fn default_conn_buffer() -> usize {
-    8192
 }
 
 fn default_https() -> Spanned<String> {
@@ -263,8 +263,8 @@ impl Default for ListenersConf {
             http: default_http(),
             admin: default_admin(),
             redirect_https_port: None,
-            write_buffer_bytes: default_conn_buffer(),
-            read_buffer_bytes: default_conn_buffer(),
+            write_buffer_bytes: 0,
+            read_buffer_bytes: 0,
         }
     }
 }
