@@ -9,6 +9,12 @@
 //! completed has nothing to answer). HTTP/2 connections are not wrapped (their headers come in
 //! frames the h2 library bounds).
 //!
+//! Between HTTP/1 requests the connection waits here, not inside pingora: pingora's
+//! per-request state (a boxed future of the whole proxy phase machine and a 4 KiB header
+//! buffer) is only built once the next request's first byte has arrived, so an idle keep-alive
+//! connection holds the TLS session and little else, as in nginx. The wait ends at the
+//! keep-alive timeout (60 s, pingora's), on shutdown, or when the client closes.
+//!
 //! pingora also gives every TLS handshake a fixed 60 s. [`HandshakeDeadline`], run by the
 //! listener right after accept, starts a watchdog per connection that shuts the socket down
 //! once `tls_handshake_timeout_ms` passes unless the handshake ended first: the connection
@@ -17,8 +23,9 @@
 use crate::runtime::SharedRuntime;
 use async_trait::async_trait;
 use dashmap::DashMap;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::listeners::{PreTlsCallback, PreTlsProcess};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, ALPN,
@@ -196,8 +203,13 @@ fn acquire(map: &DashMap<IpAddr, u32>, ip: IpAddr, max: u32) -> Option<Slot<'_>>
     Some(Slot { map, ip })
 }
 
+/// How long an HTTP/1 connection may sit idle between requests (pingora's default, which
+/// its own reads of a reused connection also apply).
+const KEEPALIVE_SECS: u64 = 60;
+const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
@@ -229,16 +241,51 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             },
             None => None,
         };
-        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let stream: Stream = match head_timeout {
-            Some(t) if !h2 => Box::new(HeadDeadline::new(stream, t)),
-            _ => stream,
-        };
-        self.inner.process_new(stream, shutdown).await
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        // HTTP/1.x: pingora's keep-alive loop (`ServerApp for HttpServerApp`), with the waits
+        // for a request moved out of its per-request state. The connection stays typed here
+        // (pingora hands back the same box), so the wait costs no allocation or new timer.
+        let mut conn = Box::new(HeadDeadline::new(stream, head_timeout));
+        let mut watch = shutdown.clone();
+        let mut settings = None;
+        loop {
+            if *watch.borrow() || !conn.next_request(KEEPALIVE, &mut watch).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(conn);
+            match settings.take() {
+                // Carries the keep-alive timeout and the remaining reuses. We never enable
+                // pipelining, so it carries no already-read request bytes to wait behind.
+                Some(s) => {
+                    pingora_core::apps::HttpPersistentSettings::apply_to_session(s, &mut session)
+                }
+                None => {
+                    session.set_keepalive(Some(KEEPALIVE_SECS));
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            let (next, s) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            let Ok(next) = next.into_any().downcast::<HeadDeadline>() else {
+                debug_assert!(false, "pingora returned another stream");
+                return None;
+            };
+            conn = next;
+            settings = s;
+        }
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await;
+        self.inner.http_cleanup().await;
     }
 }
 
@@ -257,11 +304,18 @@ enum Phase {
 #[derive(Debug)]
 pub struct HeadDeadline {
     inner: Stream,
-    timeout: Duration,
+    /// None: no header deadline (`limits.header_timeout_ms = 0`).
+    timeout: Option<Duration>,
     phase: Phase,
     /// How many bytes of `\r\n\r\n` the head read so far ends with.
     matched: u8,
+    /// The head deadline while a head is read (with `timeout`); otherwise the keep-alive
+    /// wait's timer. One timer per connection, re-armed lazily.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Bytes read by [`Peek::try_peek`], handed out by the next reads (`peeked[pos..len]`).
+    peeked: [u8; PEEK_MAX],
+    peeked_pos: u8,
+    peeked_len: u8,
     /// A response head held back to go out with the first body write (see [`MERGE_MAX`]).
     pending: Vec<u8>,
     /// Whether a body write has joined `pending` (only one does).
@@ -274,6 +328,9 @@ pub struct HeadDeadline {
 /// this many bytes (above it the copy would cost more than the record saves).
 const MERGE_MAX: usize = 8 * 1024;
 
+/// The most a peek can look ahead (an HTTP/2 preface is 24 bytes).
+const PEEK_MAX: usize = 24;
+
 thread_local! {
     /// Empty merge buffers (capacity [`MERGE_MAX`]) for the next response on this thread.
     static MERGE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -282,13 +339,16 @@ thread_local! {
 impl HeadDeadline {
     /// Wraps a freshly accepted stream: the first head's deadline starts now (a connection
     /// that never sends a complete head is closed at the deadline too).
-    pub fn new(inner: Stream, timeout: Duration) -> Self {
+    pub fn new(inner: Stream, timeout: Option<Duration>) -> Self {
         Self {
             inner,
             timeout,
             phase: Phase::Head,
             matched: 0,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Box::pin(tokio::time::sleep(timeout.unwrap_or(KEEPALIVE))),
+            peeked: [0; PEEK_MAX],
+            peeked_pos: 0,
+            peeked_len: 0,
             pending: Vec::new(),
             merged: false,
         }
@@ -366,8 +426,13 @@ impl HeadDeadline {
             if bytes[0].is_ascii_uppercase() || bytes[0] == b'\r' || bytes[0] == b'\n' {
                 self.phase = Phase::Head;
                 self.matched = 0;
-                let at = tokio::time::Instant::now() + self.timeout;
-                self.deadline.as_mut().reset(at);
+                if let Some(t) = self.timeout {
+                    // Later than the armed instant on a busy connection: tokio only moves the
+                    // expiry, no timer-wheel work.
+                    self.deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + t);
+                }
             } else {
                 self.phase = Phase::Body;
                 return;
@@ -379,14 +444,17 @@ impl HeadDeadline {
     }
 }
 
-impl AsyncRead for HeadDeadline {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl HeadDeadline {
+    /// A read from the stream below, under the head deadline, tracking the phase.
+    fn poll_read_inner(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
+        if self.phase == Phase::Head
+            && self.timeout.is_some()
+            && self.deadline.as_mut().poll(cx).is_ready()
+        {
             crate::metrics::CONNECTIONS_REFUSED
                 .with_label_values(&["header_timeout"])
                 .inc();
@@ -396,11 +464,86 @@ impl AsyncRead for HeadDeadline {
             )));
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
-            this.on_read(&buf.filled()[before..]);
+            self.on_read(&buf.filled()[before..]);
         }
         r
+    }
+}
+
+impl HeadDeadline {
+    /// Waits until the next request's first byte has arrived (kept for the next read) while
+    /// holding nothing per request. False when the connection should close: `keepalive` idle,
+    /// shutdown, the client closing, the head deadline, or an error.
+    async fn next_request(&mut self, keepalive: Duration, shutdown: &mut ShutdownWatch) -> bool {
+        if self.peeked_pos < self.peeked_len {
+            return true;
+        }
+        let idle_until = tokio::time::Instant::now() + keepalive;
+        let mut shutdown = std::pin::pin!(shutdown.changed());
+        std::future::poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            let mut rb = ReadBuf::new(&mut byte);
+            match self.poll_read_inner(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().len() == 1 => {
+                    (self.peeked[0], self.peeked_pos, self.peeked_len) = (byte[0], 0, 1);
+                    return Poll::Ready(true);
+                }
+                // End of stream, an error, the head deadline.
+                Poll::Ready(_) => return Poll::Ready(false),
+                Poll::Pending => {}
+            }
+            if shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            // The timer is the head deadline while a head is read under one; otherwise it
+            // times the idle wait, re-armed only when it fires early or would fire late.
+            if self.phase == Phase::Head && self.timeout.is_some() {
+                return Poll::Pending;
+            }
+            if self.deadline.deadline() > idle_until {
+                self.deadline.as_mut().reset(idle_until);
+            }
+            while self.deadline.as_mut().poll(cx).is_ready() {
+                if tokio::time::Instant::now() >= idle_until {
+                    return Poll::Ready(false);
+                }
+                self.deadline.as_mut().reset(idle_until);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.peeked_pos < this.peeked_len {
+            let held = &this.peeked[this.peeked_pos as usize..this.peeked_len as usize];
+            let n = held.len().min(buf.remaining());
+            buf.put_slice(&held[..n]);
+            this.peeked_pos += n as u8;
+            if this.peeked_pos == this.peeked_len {
+                (this.peeked_pos, this.peeked_len) = (0, 0);
+                // The rest of the request usually arrived (and was decrypted) with the peeked
+                // byte: hand it over in the same read. An error or nothing yet shows up on
+                // the next read.
+                if buf.remaining() > 0 {
+                    let before = buf.filled().len();
+                    if let Poll::Ready(Ok(())) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+                        this.on_read(&buf.filled()[before..]);
+                    }
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_read_inner(cx, buf)
     }
 }
 
@@ -517,10 +660,39 @@ impl GetSocketDigest for HeadDeadline {
     }
 }
 
+/// Waits until `buf.len()` bytes (at most [`PEEK_MAX`]) can be read and copies them without
+/// consuming them: the next reads return them first. The bytes count toward the head (phase,
+/// deadline) when peeked. An end of stream before that is `UnexpectedEof`.
 #[async_trait]
 impl Peek for HeadDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if buf.len() > PEEK_MAX {
+            return Ok(false);
+        }
+        if self.peeked_pos > 0 {
+            self.peeked
+                .copy_within(self.peeked_pos as usize..self.peeked_len as usize, 0);
+            self.peeked_len -= self.peeked_pos;
+            self.peeked_pos = 0;
+        }
+        while (self.peeked_len as usize) < buf.len() {
+            let mut tmp = [0u8; PEEK_MAX];
+            let want = buf.len() - self.peeked_len as usize;
+            let n = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut tmp[..want]);
+                self.poll_read_inner(cx, &mut rb)
+                    .map_ok(|()| rb.filled().len())
+            })
+            .await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let at = self.peeked_len as usize;
+            self.peeked[at..at + n].copy_from_slice(&tmp[..n]);
+            self.peeked_len += n as u8;
+        }
+        buf.copy_from_slice(&self.peeked[..buf.len()]);
+        Ok(true)
     }
 }
 
@@ -530,7 +702,7 @@ mod tests {
 
     fn wrapped() -> HeadDeadline {
         let io = tokio_test_stream();
-        HeadDeadline::new(io, Duration::from_secs(10))
+        HeadDeadline::new(io, Some(Duration::from_secs(10)))
     }
 
     fn tokio_test_stream() -> Stream {
@@ -614,7 +786,7 @@ mod tests {
     /// read what it sent.
     fn wrapped_pair() -> (HeadDeadline, tokio::io::DuplexStream) {
         let (a, b) = tokio::io::duplex(256 * 1024);
-        let mut d = HeadDeadline::new(Box::new(a), Duration::from_secs(10));
+        let mut d = HeadDeadline::new(Box::new(a), Some(Duration::from_secs(10)));
         d.on_read(b"GET / HTTP/1.1\r\n\r\n");
         (d, b)
     }
@@ -631,6 +803,138 @@ mod tests {
         })
         .await;
         rb.filled().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_peek_waits_for_the_next_request_and_loses_no_byte() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut d, mut peer) = wrapped_pair();
+        d.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("response");
+        d.flush().await.expect("flush");
+        assert_eq!(d.phase, Phase::Idle);
+
+        // Nothing sent yet: the peek waits.
+        let mut probe = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), d.try_peek(&mut probe))
+                .await
+                .is_err(),
+            "no byte, no peek"
+        );
+        peer.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("next request");
+        assert!(d.try_peek(&mut probe).await.expect("peek"));
+        assert_eq!(&probe, b"G");
+        assert_eq!(d.phase, Phase::Head, "the peeked byte starts the head");
+        // Peeking again sees the same byte; a longer peek extends it.
+        let mut four = [0u8; 4];
+        assert!(d.try_peek(&mut four).await.expect("peek 4"));
+        assert_eq!(&four, b"GET ");
+        // Reads return the peeked bytes first, then the rest, in order.
+        let mut got = vec![0u8; 64];
+        let n = d.read(&mut got[..2]).await.expect("read 2");
+        assert_eq!(&got[..n], b"GE");
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"\r\n\r\n") {
+            let n = d.read(&mut got).await.expect("read");
+            assert!(n > 0);
+            rest.extend_from_slice(&got[..n]);
+        }
+        assert_eq!(rest, b"T /next HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(d.phase, Phase::Body, "the head was seen whole, once");
+
+        // A peek longer than the look-ahead is declined; the end of stream is an error.
+        assert!(!d
+            .try_peek(&mut [0u8; PEEK_MAX + 1])
+            .await
+            .expect("too long"));
+        drop(peer);
+        let e = d.try_peek(&mut probe).await.expect_err("closed");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn the_idle_wait_ends_on_a_request_the_keepalive_shutdown_or_a_close() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut watch = rx.clone();
+        let ka = Duration::from_millis(150);
+
+        // A request arrives: true, and its first byte is read back in order.
+        let (mut d, mut peer) = wrapped_pair();
+        d.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("w");
+        d.flush().await.expect("flush");
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            peer.write_all(b"GET /b HTTP/1.1\r\n\r\n")
+                .await
+                .expect("req");
+            peer
+        });
+        assert!(d.next_request(ka, &mut watch).await, "request arrived");
+        let _peer = writer.await.expect("writer");
+        let mut got = [0u8; 64];
+        let n = d.read(&mut got).await.expect("read");
+        assert_eq!(&got[..n], b"GET /b HTTP/1.1\r\n\r\n");
+
+        // Silence: closed at the keep-alive timeout, not before.
+        let (mut d, _peer) = wrapped_pair();
+        d.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("w");
+        d.flush().await.expect("flush");
+        let t = std::time::Instant::now();
+        assert!(!d.next_request(ka, &mut watch).await, "idle timeout");
+        assert!(t.elapsed() >= ka, "{:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+        // The client closes: false at once.
+        let (mut d, peer) = wrapped_pair();
+        d.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("w");
+        d.flush().await.expect("flush");
+        drop(peer);
+        assert!(
+            !d.next_request(Duration::from_secs(30), &mut watch).await,
+            "closed"
+        );
+
+        // Shutdown: an idle connection is let go at once.
+        let (mut d, _peer) = wrapped_pair();
+        d.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("w");
+        d.flush().await.expect("flush");
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            tx.send(true).expect("send");
+            tx
+        });
+        let t = std::time::Instant::now();
+        assert!(
+            !d.next_request(Duration::from_secs(30), &mut watch).await,
+            "shutdown"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2));
+        drop(stop.await);
+    }
+
+    #[tokio::test]
+    async fn a_peek_is_under_the_head_deadline() {
+        use tokio::io::AsyncWriteExt as _;
+        let (a, mut peer) = tokio::io::duplex(1024);
+        let mut d = HeadDeadline::new(Box::new(a), Some(Duration::from_millis(100)));
+        peer.write_all(b"G").await.expect("one byte");
+        let mut two = [0u8; 2];
+        // One byte of a head and then silence: the deadline ends the wait.
+        let e = d.try_peek(&mut two).await.expect_err("deadline");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]
