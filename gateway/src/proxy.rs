@@ -327,36 +327,36 @@ impl ProxyHttp for Gateway {
         } else {
             String::new()
         };
-        if let Some(id) = &ctx.identity {
-            for (name, value) in &id.headers {
-                upstream_request.insert_header(name.clone(), value.clone())?;
+        let route = ctx.route.map(|i| &rt.routes[i]);
+        let drop_authorization = route
+            .and_then(|r| r.auth.as_ref())
+            .is_some_and(|policy| !policy.provider.conf.forward_authorization);
+        let vars = route.map(|r| response::vars(ctx, r));
+        let fwd = upstream::Forwarding {
+            client_ip: &client_ip,
+            peer_ip: &peer_ip,
+            append_forwarded_for: ctx.via_trusted_proxy,
+            host,
+            request_id: &ctx.request_id,
+            upgrade: session.is_upgrade_req(),
+        };
+        upstream::rewrite_request_head(upstream_request, new_path.as_deref(), |h| {
+            if let Some(id) = &ctx.identity {
+                for (name, value) in &id.headers {
+                    h.insert(name.clone(), value.clone());
+                }
             }
-        }
-        if let Some(policy) = ctx.route.and_then(|i| rt.routes[i].auth.as_ref()) {
-            if !policy.provider.conf.forward_authorization {
-                upstream_request.remove_header(&http::header::AUTHORIZATION);
+            if drop_authorization {
+                h.remove(http::header::AUTHORIZATION);
             }
-        }
-        upstream::upstream_request_filter(
-            upstream_request,
-            &upstream::Forwarding {
-                client_ip: &client_ip,
-                peer_ip: &peer_ip,
-                append_forwarded_for: ctx.via_trusted_proxy,
-                host,
-                request_id: &ctx.request_id,
-                new_path: new_path.as_deref(),
-                upgrade: session.is_upgrade_req(),
-            },
-        );
-        // Route rules last: they see (and may adjust) what the gateway set.
-        if let Some(route) = ctx.route.map(|i| &rt.routes[i]) {
-            if !route.request_rules.is_empty() {
-                route
-                    .request_rules
-                    .apply_request(upstream_request, &response::vars(ctx, route));
+            upstream::upstream_request_filter(h, &fwd);
+            // Route rules last: they see (and may adjust) what the gateway set.
+            if let (Some(route), Some(vars)) = (route, &vars) {
+                if !route.request_rules.is_empty() {
+                    route.request_rules.apply_request(h, vars);
+                }
             }
-        }
+        });
         Ok(())
     }
 

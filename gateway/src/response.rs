@@ -307,26 +307,46 @@ async fn write_body(
 /// baseline security headers the upstream did not set.
 pub fn response_filter(resp: &mut ResponseHeader, ctx: &mut Ctx) {
     const X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
-    resp.remove_header(&http::header::SERVER);
-    resp.remove_header(&X_POWERED_BY);
-    add_common_headers(resp, ctx);
-    for name in [
-        http::header::X_CONTENT_TYPE_OPTIONS,
-        http::header::REFERRER_POLICY,
-    ] {
-        if !resp.headers.contains_key(&name) {
-            if let Some((n, v)) = ctx
-                .rt
-                .security_headers
-                .headers
-                .iter()
-                .find(|(n, _)| n == name)
-            {
-                let _ = resp.insert_header(n.clone(), v.clone());
+    rewrite_response_head(resp, |h| {
+        h.remove(http::header::SERVER);
+        h.remove(X_POWERED_BY);
+        add_common(h, ctx);
+        for name in [
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            http::header::REFERRER_POLICY,
+        ] {
+            if !h.contains_key(&name) {
+                if let Some((n, v)) = ctx
+                    .rt
+                    .security_headers
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                {
+                    h.insert(n.clone(), v.clone());
+                }
             }
         }
-    }
+    });
     ctx.status = resp.status.as_u16();
+}
+
+/// Edits an upstream response head through its plain `http` parts and puts it back without
+/// a header-case map, for the reason [`crate::upstream::rewrite_request_head`] gives: header
+/// names reach the client lower-cased (standard ones title-cased), as on every response the
+/// gateway writes itself. A non-standard reason phrase is kept.
+pub fn rewrite_response_head(resp: &mut ResponseHeader, edit: impl FnOnce(&mut http::HeaderMap)) {
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    if let Some(r) = reason {
+        let _ = resp.set_reason_phrase(Some(&r));
+    }
 }
 
 /// Writes the maintenance answer: 503 with `Retry-After`, HTML for navigations on static
@@ -347,6 +367,38 @@ pub async fn write_maintenance(session: &mut Session, ctx: &mut Ctx) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upstream_head_loses_its_case_map_but_no_header_status_or_reason() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.insert_header("X-Custom-Thing", "1").expect("h");
+        resp.append_header("Set-Cookie", "a=1").expect("h");
+        resp.append_header("Set-Cookie", "b=2").expect("h");
+        resp.insert_header("Server", "backend/1.0").expect("h");
+        resp.set_reason_phrase(Some("Fine")).expect("reason");
+        rewrite_response_head(&mut resp, |h| {
+            h.remove(http::header::SERVER);
+            h.insert("x-added", http::HeaderValue::from_static("2"));
+        });
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert_eq!(resp.headers["x-custom-thing"], "1");
+        assert_eq!(resp.headers.get_all("set-cookie").iter().count(), 2);
+        assert!(resp.headers.get("server").is_none());
+        let mut wire = Vec::new();
+        resp.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).expect("utf8");
+        assert!(wire.contains("x-custom-thing: 1\r\n"), "{wire}");
+        assert!(
+            wire.contains("Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n"),
+            "{wire}"
+        );
+        assert!(wire.contains("x-added: 2\r\n"), "{wire}");
+        // The canonical phrase is not turned into a custom one.
+        let mut ok = ResponseHeader::build(404, None).expect("resp");
+        rewrite_response_head(&mut ok, |_| {});
+        assert_eq!(ok.get_reason_phrase(), Some("Not Found"));
+    }
 
     #[test]
     fn error_body_is_json() {
