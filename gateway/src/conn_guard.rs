@@ -365,9 +365,18 @@ impl HeadDeadline {
             }
             self.pending.drain(..n);
         }
+        self.release_pending();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Returns the (written-out) head buffer to the thread's pool.
+    fn release_pending(&mut self) {
         // Back to the thread's pool, not kept: 10,000 idle keep-alive connections must not
         // each hold a buffer.
-        let buf = std::mem::take(&mut self.pending);
+        let mut buf = std::mem::take(&mut self.pending);
+        // Emptied here, whatever the caller wrote out of it: a stale head must never be
+        // sent again by the next response that takes this buffer.
+        buf.clear();
         if buf.capacity() > 0 {
             MERGE_BUFFERS.with(|pool| {
                 let mut pool = pool.borrow_mut();
@@ -377,7 +386,37 @@ impl HeadDeadline {
             });
         }
         self.merged = false;
-        Poll::Ready(Ok(()))
+    }
+
+    /// The held head and a body write too large to copy behind it, in one vectored write:
+    /// rustls packs them into the same TLS record(s), so a 16 KB response is one record and
+    /// one syscall instead of a small record for the head and a second write. `Ready(None)`:
+    /// the head went out but none of `data` did (the caller writes it normally).
+    fn poll_write_with_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<Option<usize>>> {
+        while !self.pending.is_empty() {
+            let bufs = [
+                std::io::IoSlice::new(&self.pending),
+                std::io::IoSlice::new(data),
+            ];
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            let head = self.pending.len();
+            if n >= head {
+                self.release_pending();
+                if n > head {
+                    return Poll::Ready(Ok(Some(n - head)));
+                }
+            } else {
+                self.pending.drain(..n);
+            }
+        }
+        Poll::Ready(Ok(None))
     }
 
     /// Advances the `\r\n\r\n` matcher over `bytes`; true when the head ended in them.
@@ -577,6 +616,11 @@ impl AsyncWrite for HeadDeadline {
                     return Poll::Ready(Err(e));
                 }
                 return Poll::Ready(Ok(data.len()));
+            }
+            if !this.merged && this.inner.is_write_vectored() {
+                if let Some(n) = std::task::ready!(this.poll_write_with_head(cx, data))? {
+                    return Poll::Ready(Ok(n));
+                }
             }
             std::task::ready!(this.poll_drain(cx))?;
         }
@@ -935,6 +979,103 @@ mod tests {
         // One byte of a head and then silence: the deadline ends the wait.
         let e = d.try_peek(&mut two).await.expect_err("deadline");
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    /// A stream below that records each write call (vectored ones joined) and can write
+    /// vectored, as pingora's TLS stream can.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+    }
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.get_mut().writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let joined = bufs
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .collect::<Vec<u8>>();
+            let n = joined.len();
+            self.get_mut().writes.push(joined);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    #[async_trait]
+    impl Shutdown for Recorder {
+        async fn shutdown(&mut self) {}
+    }
+    impl UniqueID for Recorder {
+        fn id(&self) -> pingora_core::protocols::UniqueIDType {
+            0
+        }
+    }
+    impl Ssl for Recorder {}
+    impl GetTimingDigest for Recorder {
+        fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+            vec![]
+        }
+    }
+    impl GetProxyDigest for Recorder {
+        fn get_proxy_digest(
+            &self,
+        ) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+            None
+        }
+    }
+    impl GetSocketDigest for Recorder {
+        fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
+            None
+        }
+    }
+    impl Peek for Recorder {}
+
+    #[tokio::test]
+    async fn a_large_body_goes_out_with_the_held_head_in_one_vectored_write() {
+        use tokio::io::AsyncWriteExt as _;
+        let mut d = HeadDeadline::new(Box::new(Recorder::default()), None);
+        d.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 16000\r\n\r\n";
+        let body = vec![b'x'; 16_000];
+        d.write_all(head).await.expect("head");
+        d.write_all(&body).await.expect("body");
+        d.flush().await.expect("flush");
+        let rec = d
+            .inner
+            .as_any()
+            .downcast_ref::<Recorder>()
+            .expect("recorder");
+        assert_eq!(rec.writes.len(), 1, "head and body in one write");
+        assert_eq!(&rec.writes[0][..head.len()], head);
+        assert_eq!(&rec.writes[0][head.len()..], &body[..]);
+        assert!(d.pending.is_empty());
     }
 
     #[tokio::test]
