@@ -356,8 +356,14 @@ const METHODS: [&str; 8] = [
 pub struct RouteMetrics {
     by_method_class: Vec<prometheus::IntCounter>,
     duration: prometheus::Histogram,
+    /// Static responses by class × encoding, resolved on first use: a route that serves no
+    /// static files exports no such series, and a hit costs no label lookup.
+    by_class_encoding: [std::sync::OnceLock<prometheus::IntCounter>; CLASSES.len() * ENCODINGS],
     name: String,
 }
+
+/// Number of `static_files::Encoding` variants.
+const ENCODINGS: usize = crate::static_files::Encoding::Zstd as usize + 1;
 
 impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -388,6 +394,7 @@ impl RouteMetrics {
         Self {
             by_method_class,
             duration: DURATION.with_label_values(&[route]),
+            by_class_encoding: Default::default(),
             name: route.to_string(),
         }
     }
@@ -404,12 +411,15 @@ impl RouteMetrics {
 
     /// Records a static response by status and encoding.
     pub fn record_static(&self, status: u16, encoding: crate::static_files::Encoding) {
-        STATIC_RESPONSES
-            .with_label_values(&[
-                self.name.as_str(),
-                CLASSES[class_index(status)],
-                encoding.as_str(),
-            ])
+        let class = class_index(status);
+        self.by_class_encoding[class * ENCODINGS + encoding as usize]
+            .get_or_init(|| {
+                STATIC_RESPONSES.with_label_values(&[
+                    self.name.as_str(),
+                    CLASSES[class],
+                    encoding.as_str(),
+                ])
+            })
             .inc();
     }
 }

@@ -139,20 +139,13 @@ async fn responses_are_compressed_only_when_they_should_be() {
         "compress = true\ncompress_level = 4",
     );
     let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
-    let c = gw
-        .client_builder()
-        .no_gzip()
-        .no_brotli()
-        .build()
-        .expect("client");
+    let c = gw.raw_client();
     let big = json_of(10 * 1024).into_bytes();
     let stream = json_of(1500).repeat(10).into_bytes();
     // q-values decide; on a tie zstd, then br, then gzip. Over HTTP/1.1 and HTTP/2, for a
     // sized body and a chunked stream.
     let h2 = gw
-        .client_builder()
-        .no_gzip()
-        .no_brotli()
+        .raw_client_builder()
         .http2_prior_knowledge()
         .build()
         .expect("h2");

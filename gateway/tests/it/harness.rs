@@ -330,6 +330,15 @@ impl Gateway {
         self.client_builder().build().expect("client")
     }
 
+    /// A client that sees bodies as sent: no transparent decompression.
+    pub fn raw_client(&self) -> reqwest::Client {
+        self.raw_client_builder().build().expect("client")
+    }
+
+    pub fn raw_client_builder(&self) -> reqwest::ClientBuilder {
+        self.client_builder().no_gzip().no_brotli()
+    }
+
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .tls_built_in_root_certs(false)

@@ -306,3 +306,61 @@ async fn the_gateway_process_runs_without_transparent_huge_pages() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_responses_are_counted_by_status_class_and_encoding() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = crate::static_files::make_root(dir.path());
+    let certs = TestCerts::new(dir.path());
+    let ports = Ports::new();
+    let conf = static_site_conf(dir.path(), &ports, &certs, &root, "");
+    let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+    let c = gw.raw_client();
+    let mut etag = String::new();
+    for (enc, want) in [
+        ("br", 200),
+        ("br", 200),
+        ("gzip", 200),
+        ("identity", 200),
+        ("br", 304),
+    ] {
+        let mut req = c
+            .get(gw.url("/assets/app.0123abcd.js"))
+            .header("accept-encoding", enc);
+        if want == 304 {
+            req = req.header("if-none-match", &etag);
+        }
+        let r = req.send().await.expect("get");
+        assert_eq!(r.status(), want, "{enc}");
+        if enc == "br" {
+            // Each encoding has its own validator.
+            etag = r.headers()["etag"].to_str().expect("etag").to_string();
+        }
+    }
+    // Not a static response: counted with the route's requests, not here.
+    let r = c
+        .get(gw.url("/assets/missing.0123abcd.js"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    let m = scrape(&gw).await;
+    let series = |status: &str, enc: &str| {
+        get(
+            &m,
+            &format!(
+                "gateway_static_responses_total{{encoding=\"{enc}\",route=\"web\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("2xx", "br"), 2.0);
+    assert_eq!(series("2xx", "gzip"), 1.0);
+    assert_eq!(series("2xx", "identity"), 1.0);
+    assert_eq!(series("3xx", "br"), 1.0);
+    // Series appear on first use only.
+    let statics = m
+        .keys()
+        .filter(|k| k.starts_with("gateway_static_responses_total"))
+        .count();
+    assert_eq!(statics, 4);
+}

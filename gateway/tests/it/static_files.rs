@@ -9,7 +9,7 @@ use std::time::Duration;
 const SENTINEL: &str = "SENTINEL-7f3a-outside-the-root";
 
 /// A web root with the cases the tests need, and a sentinel file next to it.
-fn make_root(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn make_root(dir: &Path) -> std::path::PathBuf {
     let root = dir.join("site");
     std::fs::create_dir_all(root.join("assets")).expect("mkdir");
     std::fs::create_dir_all(root.join(".git")).expect("mkdir");
@@ -88,12 +88,7 @@ fn unbrotli(b: &[u8]) -> Vec<u8> {
 async fn assets_headers_encodings_and_cache_policy() {
     let dir = tempfile::tempdir().expect("tmp");
     let (gw, root) = start(dir.path());
-    let c = gw
-        .client_builder()
-        .no_gzip()
-        .no_brotli()
-        .build()
-        .expect("client");
+    let c = gw.raw_client();
     let js = std::fs::read(root.join("assets/app.0123abcd.js")).expect("js");
 
     let r = c
@@ -246,12 +241,7 @@ async fn assets_headers_encodings_and_cache_policy() {
 async fn conditional_head_and_range_requests() {
     let dir = tempfile::tempdir().expect("tmp");
     let (gw, root) = start(dir.path());
-    let c = gw
-        .client_builder()
-        .no_gzip()
-        .no_brotli()
-        .build()
-        .expect("client");
+    let c = gw.raw_client();
     let url = gw.url("/assets/app.0123abcd.js");
     let js = std::fs::read(root.join("assets/app.0123abcd.js")).expect("js");
     let r = c.get(&url).send().await.expect("get");
@@ -461,12 +451,7 @@ async fn etags_are_stable_across_restarts() {
         let ports = Ports::new();
         let conf = static_site_conf(dir.path(), &ports, &certs, &root, "");
         let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
-        let c = gw
-            .client_builder()
-            .no_gzip()
-            .no_brotli()
-            .build()
-            .expect("client");
+        let c = gw.raw_client();
         let mut tags = Vec::new();
         for enc in ["identity", "gzip", "br"] {
             let r = c
