@@ -342,6 +342,8 @@ pub fn rewrite_response_head(resp: &mut ResponseHeader, edit: impl FnOnce(&mut h
         .map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    // The edge headers (HSTS, request id, nosniff, …) go in after one grow, not several.
+    parts.headers.reserve(8);
     edit(&mut parts.headers);
     *resp = ResponseHeader::from(parts);
     if let Some(r) = reason {

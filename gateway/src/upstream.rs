@@ -330,9 +330,9 @@ pub struct Forwarding<'a> {
     pub upgrade: bool,
 }
 
-/// `upstream_request_filter`: hop-by-hop stripping and the `X-Forwarded-*` family, on the
-/// request's plain header map (see [`rewrite_request_head`]).
-pub fn upstream_request_filter(h: &mut http::HeaderMap, fwd: &Forwarding<'_>) {
+/// Removes hop-by-hop headers, those named in `Connection` and `Forwarded`; keeps `Upgrade`
+/// for a protocol upgrade.
+fn strip_hop_by_hop(h: &mut http::HeaderMap, upgrade: bool) {
     // Headers named in Connection are hop-by-hop too; collect before removing.
     let named: Vec<String> = h
         .get_all(http::header::CONNECTION)
@@ -351,14 +351,32 @@ pub fn upstream_request_filter(h: &mut http::HeaderMap, fwd: &Forwarding<'_>) {
     for name in &HOP_BY_HOP {
         h.remove(name);
     }
+    h.remove(http::header::CONNECTION);
+    if !upgrade {
+        h.remove(http::header::UPGRADE);
+    }
+    h.remove(http::header::FORWARDED);
+}
+
+/// `upstream_request_filter`: hop-by-hop stripping and the `X-Forwarded-*` family, on the
+/// request's plain header map (see [`rewrite_request_head`]).
+pub fn upstream_request_filter(h: &mut http::HeaderMap, fwd: &Forwarding<'_>) {
+    // One pass over the (few) names instead of a hash probe per hop-by-hop header: most
+    // requests carry none of them.
+    let strip = h.keys().any(|k| {
+        k == http::header::CONNECTION
+            || k == http::header::UPGRADE
+            || k == http::header::FORWARDED
+            || HOP_BY_HOP.contains(k)
+    });
+    if strip {
+        strip_hop_by_hop(h, fwd.upgrade);
+    }
     if fwd.upgrade {
         h.insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),
         );
-    } else {
-        h.remove(http::header::CONNECTION);
-        h.remove(http::header::UPGRADE);
     }
 
     // From an untrusted peer, whatever the client claims is replaced, never passed on.
@@ -377,7 +395,8 @@ pub fn upstream_request_filter(h: &mut http::HeaderMap, fwd: &Forwarding<'_>) {
     } else {
         value(&format!("{}, {}", prev.join(", "), fwd.peer_ip))
     };
-    h.remove(http::header::FORWARDED);
+    // Room for the five below (and a few route rules) in one grow, not one rehash per insert.
+    h.reserve(8);
     let set = [
         (X_FORWARDED_FOR, xff),
         (
@@ -535,6 +554,62 @@ mod tests {
             "{wire}"
         );
         assert!(wire.contains("Host: example.com\r\n"), "{wire}");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_is_stripped_even_alone() {
+        let fwd = Forwarding {
+            client_ip: "127.0.0.9",
+            peer_ip: "127.0.0.9",
+            append_forwarded_for: false,
+            host: "example.com",
+            request_id: "abc",
+            upgrade: false,
+        };
+        let alone = [
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "upgrade",
+            "forwarded",
+            "connection",
+        ];
+        for name in alone {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+            h.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static("x"),
+            );
+            upstream_request_filter(&mut h, &fwd);
+            assert!(h.get(name).is_none(), "{name} kept");
+            assert_eq!(h["accept"], "*/*", "{name}");
+        }
+        // An upgrade keeps Upgrade and says so in Connection.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade, X-Drop"),
+        );
+        h.insert("x-drop", http::HeaderValue::from_static("1"));
+        upstream_request_filter(
+            &mut h,
+            &Forwarding {
+                upgrade: true,
+                ..fwd
+            },
+        );
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert!(h.get("x-drop").is_none());
     }
 
     #[test]
