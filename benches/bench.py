@@ -154,6 +154,18 @@ max_memory_file_bytes = 2097152
     return p
 
 
+# The headers the gateway adds by default (and the nginx tier it replaces sent): nginx drops
+# server-level add_header in a location that has its own, so each location repeats them.
+NGINX_API_HEADERS = """add_header Strict-Transport-Security "max-age=31536000" always;
+      add_header X-Request-Id $request_id always;
+      add_header X-Content-Type-Options nosniff always;
+      add_header Referrer-Policy strict-origin-when-cross-origin always;"""
+NGINX_STATIC_HEADERS = NGINX_API_HEADERS + """
+      add_header Content-Security-Policy "default-src 'self'; base-uri 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'" always;
+      add_header X-Frame-Options DENY always;
+      add_header Permissions-Policy "camera=(), microphone=(), geolocation=(), payment=()" always;"""
+
+
 def nginx_conf(d, web, crt, key, port, backend_port, workers, blob_port, name="nginx", access_log=False):
     log = f"access_log {d}/{name}-access.log combined buffer=64k flush=1s;" if access_log else "access_log off;"
     text = f"""worker_processes {workers};
@@ -181,8 +193,9 @@ http {{
     ssl_session_tickets on;
     root {web};
     gzip_static on;
-    add_header Strict-Transport-Security "max-age=31536000" always;
     location /api/ {{
+      {NGINX_API_HEADERS}
+      proxy_hide_header X-Powered-By;
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -192,6 +205,7 @@ http {{
       proxy_set_header X-Request-Id $request_id;
     }}
     location /blob/ {{
+      {NGINX_API_HEADERS}
       proxy_pass http://blob;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -201,8 +215,15 @@ http {{
       gzip_min_length 1024;
       gzip_types application/json;
     }}
-    location /assets/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
-    location / {{ try_files $uri /index.html; add_header Cache-Control "no-cache"; }}
+    location /assets/ {{
+      {NGINX_STATIC_HEADERS}
+      add_header Cache-Control "public, max-age=31536000, immutable";
+    }}
+    location / {{
+      {NGINX_STATIC_HEADERS}
+      try_files $uri /index.html;
+      add_header Cache-Control "no-cache";
+    }}
   }}
 }}
 """
