@@ -263,6 +263,31 @@ def tcp_active_opens():
     return int(tcp[1][tcp[0].index("ActiveOpens")])
 
 
+# More distinct tokens than the gateway's verified-token cache holds (10,000): cycled in
+# order, every request misses the cache and is verified in full.
+STORM_TOKENS = 30000
+
+
+def token_storm(d, backend_bin):
+    """Mints STORM_TOKENS valid, distinct tokens (one user each) with the backend's signing key
+    and writes a wrk script that sends them in turn: the cache-miss storm of S4."""
+    tokens = d / "storm-tokens.txt"
+    with open(tokens, "w") as f:
+        subprocess.run([backend_bin, "--keys-dir", str(d / "keys"), "mint-tokens",
+                        "--count", str(STORM_TOKENS), "--first", "1000000"],
+                       stdout=f, check=True, env=dict(os.environ, RUST_LOG="warn"), timeout=120)
+    script = d / "storm.lua"
+    script.write_text(f"""local tokens = {{}}
+for line in io.lines("{tokens}") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, {{["Authorization"] = "Bearer " .. tokens[i]}})
+end
+""")
+    return script
+
+
 def login_token(backend_port):
     """Registers a bench user on the backend and returns a fresh access token."""
     import urllib.request
@@ -301,8 +326,10 @@ class Server:
         self.proc.wait()
 
 
-def wrk(url, secs, conns, headers=(), cpu=None, close=False):
+def wrk(url, secs, conns, headers=(), cpu=None, close=False, script=None):
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency"]
+    if script is not None:
+        argv += ["-s", str(script)]
     for h in headers:
         argv += ["-H", h]
     if close:
@@ -399,6 +426,7 @@ def main():
                                  str(OUT / "bench.db"), "--keys-dir", str(OUT / "keys")], bport, env=env)
     upstream = Server("blob-upstream", ["nginx", "-c", str(blob_upstream_conf(OUT, upport)), "-g", "daemon off;"], upport)
     token = login_token(bport)
+    storm = token_storm(OUT, backend_bin)
 
     def gw_server(name, **kw):
         port, admin = free_port(), free_port()
@@ -440,6 +468,8 @@ def main():
         ("S3-api", "/api/healthz proxied to the backend", pair, W("/api/healthz"), 32),
         ("S4-jwt", "S3 with JWT verification (warm cache) and a per-subject rate limit; vs our S3",
          ("gateway-jwt",), W("/api/healthz", headers=auth), 32),
+        ("S4-miss", "S4 with a verified-token cache-miss storm: every request a new valid token",
+         ("gateway-jwt",), W("/api/healthz", script=storm), 32),
         ("S4-401", "S4 with a forged token: the 401 path (nothing proxied)", ("gateway-jwt",),
          W("/api/healthz", headers=[f"Authorization: Bearer {token[:-4]}AAAA"]), None),
         ("S5-handshake", "new TLS connection per request", pair, W("/assets/s1k.0123abcd.js", 16, close=True), None),
@@ -516,6 +546,7 @@ def main():
             b = results[base_sid][base_name]["cpu_us_per_req"]
             results[sid].setdefault("overhead", {})[name] = {"vs": f"{base_sid}/{base_name}", "ratio": a / b}
     overhead("S4-jwt", "S3-api", "gateway-jwt", "gateway")
+    overhead("S4-miss", "S3-api", "gateway-jwt", "gateway")
     overhead("S4-401", "S3-api", "gateway-jwt", "gateway")
     for sid in ("S1-1k-h1-logs", "S3-api-logs"):
         overhead(sid, sid, "gateway-log", "gateway")

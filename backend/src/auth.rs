@@ -86,20 +86,37 @@ mod once_cell_free {
 /// Issues an access token for user `id`.
 pub fn issue_token(state: &AppState, user_id: i64) -> Result<String, ApiError> {
     let keys = state.keys.load();
-    let key = keys.current();
+    let c = &state.config;
+    sign(
+        keys.current(),
+        &c.issuer,
+        &c.audience,
+        c.token_ttl_secs,
+        user_id,
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Signs an access token for `user_id` with `key` (EdDSA, `kid` in the header).
+pub fn sign(
+    key: &crate::keys::Key,
+    issuer: &str,
+    audience: &str,
+    ttl_secs: i64,
+    user_id: i64,
+) -> jsonwebtoken::errors::Result<String> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = Claims {
-        iss: state.config.issuer.clone(),
-        aud: state.config.audience.clone(),
+        iss: issuer.to_string(),
+        aud: audience.to_string(),
         sub: user_id.to_string(),
         iat: now,
-        exp: now + state.config.token_ttl_secs,
+        exp: now + ttl_secs,
         scope: "expenses:read expenses:write".into(),
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(key.kid.clone());
     jsonwebtoken::encode(&header, &claims, &key.encoding)
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Verifies a bearer token and returns its subject.

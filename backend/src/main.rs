@@ -2,6 +2,7 @@
 
 use backend::auth::AuthMode;
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,6 +50,14 @@ struct ServeArgs {
 enum Command {
     /// Add a new signing key; new tokens use it, the previous one stays in the JWKS.
     RotateKey,
+    /// Print COUNT valid access tokens, one per line, for users FIRST.. (load tests: a
+    /// verified-token cache-miss storm needs every token distinct).
+    MintTokens {
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value_t = 1)]
+        first: i64,
+    },
 }
 
 #[tokio::main]
@@ -61,6 +70,9 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let a = cli.serve;
+    if let Some(Command::MintTokens { count, first }) = cli.command {
+        return mint_tokens(&a, count, first);
+    }
     if let Some(Command::RotateKey) = cli.command {
         return match backend::keys::create_key(&a.keys_dir) {
             Ok(p) => {
@@ -85,6 +97,42 @@ async fn main() -> ExitCode {
     };
     if let Err(e) = serve(config, &a.listen, a.keys_reload_secs).await {
         eprintln!("backend: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn mint_tokens(a: &ServeArgs, count: u32, first: i64) -> ExitCode {
+    let keys = match backend::keys::KeyStore::load_or_create(&a.keys_dir, a.token_ttl_secs) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("mint-tokens: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for user in first..first + i64::from(count) {
+        let token = backend::auth::sign(
+            keys.current(),
+            &a.issuer,
+            &a.audience,
+            a.token_ttl_secs,
+            user,
+        );
+        let written = match token {
+            Ok(t) => writeln!(out, "{t}"),
+            Err(e) => {
+                eprintln!("mint-tokens: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = written {
+            eprintln!("mint-tokens: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = out.flush() {
+        eprintln!("mint-tokens: {e}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -405,3 +405,41 @@ async fn metrics_count_requests_by_route_template() {
     );
     assert!(text.contains("backend_db_pool_connections"));
 }
+
+#[tokio::test]
+async fn minted_tokens_are_distinct_and_accepted_by_the_api() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let b = start(dir.path()).await;
+    let c = Client::new();
+    // The first registered user gets id 1.
+    register_login(&c, &b.base, "mint@example.com").await;
+    let out = Command::new(env!("CARGO_BIN_EXE_backend"))
+        .arg("--keys-dir")
+        .arg(dir.path().join("keys"))
+        .args(["mint-tokens", "--count", "3", "--first", "1"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("mint");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let tokens: Vec<&str> = text.lines().collect();
+    assert_eq!(tokens.len(), 3);
+    let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+    assert_eq!(distinct.len(), 3);
+    let get = |t: String| {
+        c.get(format!("{}/api/expenses", b.base))
+            .bearer_auth(t)
+            .send()
+    };
+    let r = get(tokens[0].to_string()).await.expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut forged = tokens[0].to_string();
+    forged.truncate(forged.len() - 4);
+    forged.push_str("AAAA");
+    let r = get(forged).await.expect("get");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
