@@ -254,27 +254,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             if *watch.borrow() || !conn.next_request(KEEPALIVE, &mut watch).await {
                 return None;
             }
-            let mut session = ServerSession::new_http1(conn);
-            match settings.take() {
-                // Carries the keep-alive timeout and the remaining reuses. We never enable
-                // pipelining, so it carries no already-read request bytes to wait behind.
-                Some(s) => {
-                    pingora_core::apps::HttpPersistentSettings::apply_to_session(s, &mut session)
+            // The session lives only in this block: kept in scope across the await, its
+            // (moved-out) storage would stay in this connection's future while it idles.
+            let request = {
+                let mut session = ServerSession::new_http1(conn);
+                match settings.take() {
+                    // Carries the keep-alive timeout and the remaining reuses. We never enable
+                    // pipelining, so it carries no already-read request bytes to wait behind.
+                    Some(s) => pingora_core::apps::HttpPersistentSettings::apply_to_session(
+                        s,
+                        &mut session,
+                    ),
+                    None => {
+                        session.set_keepalive(Some(KEEPALIVE_SECS));
+                        session.set_keepalive_reuses_remaining(
+                            self.inner
+                                .server_options()
+                                .and_then(|o| o.keepalive_request_limit),
+                        );
+                    }
                 }
-                None => {
-                    session.set_keepalive(Some(KEEPALIVE_SECS));
-                    session.set_keepalive_reuses_remaining(
-                        self.inner
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-            }
-            let (next, s) = self
-                .inner
-                .process_new_http(session, shutdown)
-                .await?
-                .consume();
+                self.inner.process_new_http(session, shutdown)
+            };
+            let (next, s) = request.await?.consume();
             let Ok(next) = next.into_any().downcast::<HeadDeadline>() else {
                 debug_assert!(false, "pingora returned another stream");
                 return None;
