@@ -330,6 +330,16 @@ impl Gateway {
         self.client_builder().build().expect("client")
     }
 
+    /// Status of a GET of `path` with the default client.
+    pub async fn get_status(&self, path: &str) -> reqwest::StatusCode {
+        self.client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .status()
+    }
+
     /// A client that sees bodies as sent: no transparent decompression.
     pub fn raw_client(&self) -> reqwest::Client {
         self.raw_client_builder().build().expect("client")

@@ -296,15 +296,7 @@ async fn the_gateway_process_runs_without_transparent_huge_pages() {
         .find(|l| l.starts_with("THP_enabled:"))
         .expect("THP_enabled line (Linux >= 5.0)");
     assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
-    assert_eq!(
-        gw.client()
-            .get(gw.url("/"))
-            .send()
-            .await
-            .expect("r")
-            .status(),
-        200
-    );
+    assert_eq!(gw.get_status("/").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -594,13 +594,5 @@ async fn graceful_binary_upgrade_under_load_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The new process serves alone.
-    assert_eq!(
-        new.client()
-            .get(new.url("/api/after"))
-            .send()
-            .await
-            .expect("after")
-            .status(),
-        200
-    );
+    assert_eq!(new.get_status("/api/after").await, 200);
 }
