@@ -331,7 +331,6 @@ impl ProxyHttp for Gateway {
         let drop_authorization = route
             .and_then(|r| r.auth.as_ref())
             .is_some_and(|policy| !policy.provider.conf.forward_authorization);
-        let vars = route.map(|r| response::vars(ctx, r));
         let fwd = upstream::Forwarding {
             client_ip: &client_ip,
             peer_ip: &peer_ip,
@@ -351,10 +350,10 @@ impl ProxyHttp for Gateway {
             }
             upstream::upstream_request_filter(h, &fwd);
             // Route rules last: they see (and may adjust) what the gateway set.
-            if let (Some(route), Some(vars)) = (route, &vars) {
-                if !route.request_rules.is_empty() {
-                    route.request_rules.apply_request(h, vars);
-                }
+            if let Some(route) = route.filter(|r| !r.request_rules.is_empty()) {
+                route
+                    .request_rules
+                    .apply_request(h, &response::vars(ctx, route));
             }
         });
         Ok(())
