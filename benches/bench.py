@@ -446,6 +446,13 @@ def main():
         "gateway-log": gw_server("gateway-log", jwt=False, access_log="json"),
         "nginx-log": nginx_server("nginx-log", access_log=True),
     }
+    # Reference rows: pingora + rustls with a fixed answer and nothing of ours (the floor under
+    # S1), and the backend hit directly over plain HTTP (the ceiling for proxying).
+    fport = free_port()
+    servers["pingora-fixed"] = (Server("pingora-fixed", [str(ROOT / "target/release/examples/fixed_response"),
+                                                         f"127.0.0.1:{fport}", str(crt), str(key), str(threads)],
+                                       fport, cpu=srv_cpu), fport)
+    servers["backend-direct"] = (backend, bport)
     gw, ng = servers["gateway"][0], servers["nginx"][0]
     idle_rss = {"gateway": rss_kib(gw.pids()), "nginx": rss_kib(ng.pids())}
 
@@ -479,6 +486,11 @@ def main():
         ("S1-1k-h1-logs", "S1 1 KB with access logs on (gateway JSON to stdout, nginx buffered file)", logs,
          W("/assets/s1k.0123abcd.js"), None),
         ("S3-api-logs", "S3 with access logs on", logs, W("/api/healthz"), 32),
+        ("REF-pingora-fixed", "pingora 0.9 + rustls answering a fixed 200, no gateway code: the floor under S1",
+         ("pingora-fixed",), W("/"), None),
+        ("REF-backend-direct", "/api/healthz on the backend over plain HTTP: the ceiling for S3 (backend CPU)",
+         ("backend-direct",),
+         lambda p: lambda: wrk(f"http://127.0.0.1:{p}/api/healthz", secs, 32, cpu=gen_cpu), None),
     ]
     if args.only:
         keep = set(args.only.split(","))

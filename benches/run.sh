@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh cmake pkg-config wrk nginx-light nghttp2-client util-linux fonts-dejavu-core
 command -v oha >/dev/null || cargo install --locked oha  # fixed-rate tail latency
 cargo build --release -p gateway -p backend -p bench-chart
+cargo build --release -p gateway --example fixed_response  # the REF-pingora-fixed floor
 ulimit -n 65536 2>/dev/null || true
 python3 benches/bench.py "$@"
 latest=$(ls -t benches/results/*.json | head -1)
