@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -66,7 +67,8 @@ fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(260)
-        .build_cartesian_2d(0.0..max, 0..rows)?;
+        // Segmented rows: each bar fills its own band, centred on its label.
+        .build_cartesian_2d(0.0..max, (0..rows).into_segmented())?;
     let labels: Vec<String> = data
         .iter()
         .flat_map(|(sid, bars)| bars.iter().map(move |(s, _)| format!("{sid} · {s}")))
@@ -76,11 +78,13 @@ fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
         .disable_y_mesh()
         .x_desc(unit)
         .y_labels(rows)
-        .y_label_formatter(&|y| {
-            rows.checked_sub(1 + *y)
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(y) => rows
+                .checked_sub(1 + *y)
                 .and_then(|i| labels.get(i))
                 .cloned()
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            _ => String::new(),
         })
         .draw()?;
     let mut i = 0;
@@ -88,14 +92,22 @@ fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
         for (server, v) in bars {
             let y = rows - 1 - i;
             let c = colour(server);
-            chart.draw_series(std::iter::once(Rectangle::new(
-                [(0.0, y), (*v, y + 1)],
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(y)),
+                    (*v, SegmentValue::Exact(y + 1)),
+                ],
                 c.filled(),
-            )))?;
+            );
+            bar.set_margin(3, 3, 0, 0);
+            chart.draw_series(std::iter::once(bar))?;
+            let label = ("sans-serif", 14)
+                .into_text_style(&root)
+                .pos(Pos::new(HPos::Left, VPos::Center));
             chart.draw_series(std::iter::once(Text::new(
-                format!("{v:.1}"),
-                (*v, y),
-                ("sans-serif", 14),
+                format!(" {v:.1}"),
+                (*v, SegmentValue::CenterOf(y)),
+                label,
             )))?;
             i += 1;
         }
