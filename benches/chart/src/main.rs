@@ -43,8 +43,11 @@ fn groups(doc: &Value, metric: &str) -> Vec<Group> {
 fn colour(server: &str) -> RGBColor {
     if server.starts_with("nginx") {
         RGBColor(0, 150, 57)
-    } else {
+    } else if server.starts_with("gateway") {
         RGBColor(243, 128, 32)
+    } else {
+        // Reference rows (pingora alone, the backend direct).
+        RGBColor(140, 140, 140)
     }
 }
 
