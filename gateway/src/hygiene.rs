@@ -142,21 +142,24 @@ pub fn request_filter(req: &RequestHeader, limits: &Limits) -> Result<(), Reject
         (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => true,
         _ => return Err(Rejection::BadTransferEncoding),
     };
-    let mut declared: Option<u64> = None;
-    for v in req.headers.get_all(http::header::CONTENT_LENGTH) {
-        let text = v.to_str().map_err(|_| Rejection::BadContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+    // Exactly one Content-Length of plain digits. Repeats are refused even when equal (as
+    // nginx does): forwarding two would leave the backend to pick, and a list is never valid.
+    let mut lengths = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let declared: Option<u64> = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(v), None) => {
+            let text = v.as_bytes().trim_ascii();
+            if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
                 return Err(Rejection::BadContentLength);
             }
-            let n: u64 = part.parse().map_err(|_| Rejection::BadContentLength)?;
-            if declared.is_some_and(|d| d != n) {
-                return Err(Rejection::BadContentLength);
-            }
-            declared = Some(n);
+            let n = std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or(Rejection::BadContentLength)?;
+            Some(n)
         }
-    }
+        _ => return Err(Rejection::BadContentLength),
+    };
     if has_te && (declared.is_some() || req.version == Version::HTTP_10) {
         return Err(Rejection::BadTransferEncoding);
     }
@@ -298,7 +301,7 @@ mod tests {
                 b"/",
                 &[host, ("Content-Length", "5"), ("Content-Length", "5")]
             )),
-            Ok(())
+            Err(Rejection::BadContentLength)
         );
         assert_eq!(
             ok(&req(

@@ -326,7 +326,7 @@ pub struct Forwarding<'a> {
     pub host: &'a str,
     /// The request id sent upstream and echoed downstream.
     pub request_id: &'a str,
-    /// Whether this is a protocol upgrade (WebSocket) to keep `Connection: upgrade` for.
+    /// Whether the client asked for a protocol upgrade; only `Upgrade: websocket` is kept.
     pub upgrade: bool,
 }
 
@@ -369,10 +369,15 @@ pub fn upstream_request_filter(h: &mut http::HeaderMap, fwd: &Forwarding<'_>) {
             || k == http::header::FORWARDED
             || HOP_BY_HOP.contains(k)
     });
+    // Only a WebSocket upgrade is passed on: `h2c` and other upgrades would let a backend
+    // switch the connection to a protocol the gateway no longer inspects (h2c smuggling).
+    let upgrade = fwd.upgrade
+        && h.get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if strip {
-        strip_hop_by_hop(h, fwd.upgrade);
+        strip_hop_by_hop(h, upgrade);
     }
-    if fwd.upgrade {
+    if upgrade {
         h.insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),
@@ -610,6 +615,24 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert!(h.get("x-drop").is_none());
+        // Any other upgrade (h2c here) loses Upgrade, Connection and what Connection named.
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::UPGRADE, http::HeaderValue::from_static("h2c"));
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert("http2-settings", http::HeaderValue::from_static("AAMAAABk"));
+        upstream_request_filter(
+            &mut h,
+            &Forwarding {
+                upgrade: true,
+                ..fwd
+            },
+        );
+        for name in ["upgrade", "connection", "http2-settings"] {
+            assert!(h.get(name).is_none(), "{name} kept on an h2c upgrade");
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn cases() -> Vec<(&'static str, String, u16, bool)> {
         ("CL.TE", format!("POST /api/x HTTP/1.1\r\n{h}Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG"), 400, true),
         ("TE.CL", format!("POST /api/x HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5c\r\nGPOST / HTTP/1.1\r\n\r\n0\r\n\r\n"), 400, true),
         ("conflicting Content-Length", format!("POST /api/x HTTP/1.1\r\n{h}Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"), 400, true),
+        ("repeated equal Content-Length", format!("POST /api/x HTTP/1.1\r\n{h}Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc"), 400, true),
         ("Content-Length list", format!("POST /api/x HTTP/1.1\r\n{h}Content-Length: 3, 4\r\n\r\nabcd"), 400, true),
         ("Content-Length +3", format!("POST /api/x HTTP/1.1\r\n{h}Content-Length: +3\r\n\r\nabc"), 400, true),
         ("unknown Expect", format!("GET /api/x HTTP/1.1\r\n{h}Expect: 200-ok\r\n\r\n"), 417, false),
@@ -141,6 +142,16 @@ async fn normalised_paths_and_upgrade_attempts_are_forwarded_only_as_checked_req
         assert_eq!(raw_status(&resp), 200, "{raw_path}");
         let last = seen.lock().expect("log").last().cloned().expect("seen");
         assert_eq!(last.uri, forwarded, "{raw_path}");
+    }
+    // An h2c upgrade is forwarded as a plain request: the backend can't switch protocols.
+    let raw = "GET /api/h2c HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+               Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    let resp = raw_https(gw.https, &gw.ca_pem, raw.as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(raw_status(&resp), 200);
+    let last = seen.lock().expect("log").last().cloned().expect("seen");
+    assert_eq!(last.uri, "/api/h2c");
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert_eq!(last.header(name), None, "{name} reached the backend");
     }
     // An upgrade the backend refuses (200, not 101) must not turn the connection into a tunnel:
     // the next request is parsed and forwarded like any other.
