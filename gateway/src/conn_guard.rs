@@ -15,29 +15,27 @@
 //! connection holds the TLS session and little else, as in nginx. The wait ends at the
 //! keep-alive timeout (60 s, pingora's), on shutdown, or when the client closes.
 //!
-//! pingora also gives every TLS handshake a fixed 60 s. [`HandshakeDeadline`], run by the
-//! listener right after accept, starts a watchdog per connection that shuts the socket down
-//! once `tls_handshake_timeout_ms` passes unless the handshake ended first: the connection
-//! reaching [`EdgeApp`] (success) or its stream being dropped (failure) ends the watch.
+//! The TLS handshake runs here too, not in pingora's listener: the per-IP cap is checked
+//! before any handshake work, the handshake is bounded by `tls_handshake_timeout_ms` (pingora
+//! gives every handshake a fixed 60 s), a failure is counted by reason from the rustls error
+//! itself, and the rustls configuration is ours ([`crate::tls::server_config`]).
 
 use crate::runtime::SharedRuntime;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::listeners::{PreTlsCallback, PreTlsProcess};
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::tls::TlsStream;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
-use pingora_core::upstreams::peer::{Tracer, Tracing};
 use std::future::Future;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -47,132 +45,54 @@ pub struct EdgeApp<A> {
     inner: Arc<A>,
     runtime: SharedRuntime,
     per_ip: DashMap<IpAddr, u32>,
-    handshakes: Arc<Handshakes>,
+    acceptor: Acceptor,
 }
 
 impl<A> EdgeApp<A> {
-    /// Wraps `inner` (pingora's `HttpProxy`).
-    pub fn new(inner: A, runtime: SharedRuntime) -> Self {
+    /// Wraps `inner` (pingora's `HttpProxy`); `acceptor` runs the TLS handshakes.
+    pub fn new(inner: A, runtime: SharedRuntime, acceptor: Acceptor) -> Self {
         Self {
             inner: Arc::new(inner),
             runtime,
             per_ip: DashMap::new(),
-            handshakes: Arc::default(),
-        }
-    }
-
-    /// The listener's pre-TLS callback that puts this app's TLS handshakes under the deadline.
-    pub fn handshake_deadline(&self) -> PreTlsCallback {
-        Arc::new(HandshakeDeadline {
-            runtime: self.runtime.clone(),
-            handshakes: self.handshakes.clone(),
-        })
-    }
-}
-
-/// TLS handshakes under watch, keyed by the address of their connection's socket digest: one
-/// `Arc` per connection, which the TLS stream hands out again once the handshake is done.
-type Handshakes = DashMap<usize, Arc<HandshakeWatch>>;
-
-/// Handshakes shut down at their deadline whose failure pingora has not logged yet: the
-/// handshake-failure metric labels that many `client_closed` records `timeout` instead.
-pub static HANDSHAKE_TIMEOUTS_UNLOGGED: AtomicU64 = AtomicU64::new(0);
-
-/// One connection's handshake watch.
-#[derive(Debug)]
-struct HandshakeWatch {
-    fd: RawFd,
-    /// True while the handshake runs. The lock also keeps `fd` open while the watchdog uses
-    /// it: the stream's drop takes it (through [`WatchEnd`]) before the socket closes.
-    running: Mutex<bool>,
-    ended: tokio::sync::Notify,
-}
-
-impl HandshakeWatch {
-    fn end(&self) {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.ended.notify_one();
-    }
-
-    /// At the deadline: shuts the socket down if the handshake still runs (its reads fail, and
-    /// pingora drops the connection).
-    fn expire(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if *running {
-            *running = false;
-            HANDSHAKE_TIMEOUTS_UNLOGGED.fetch_add(1, Ordering::Relaxed);
-            shutdown_socket(self.fd);
-            tracing::debug!("TLS handshake deadline passed: connection closed");
+            acceptor,
         }
     }
 }
 
-/// `shutdown(2)` on a socket the caller knows to be open.
-#[allow(unsafe_code)]
-fn shutdown_socket(fd: RawFd) {
-    // SAFETY: only called by `HandshakeWatch::expire` holding the watch's lock while the
-    // handshake runs; the stream owning `fd` ends the watch under that lock before it closes
-    // `fd`, so `fd` is still this connection's socket. shutdown(2) touches no memory.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
-    }
-}
+/// The handshake bound when `tls_handshake_timeout_ms = 0` (pingora's own fixed value).
+const FALLBACK_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Ends the watch when the connection's L4 stream is dropped (pingora calls a downstream
-/// stream's tracer on drop, before closing the socket).
-#[derive(Debug, Clone)]
-struct WatchEnd {
-    key: usize,
-    watch: Arc<HandshakeWatch>,
-    handshakes: Arc<Handshakes>,
-}
-
-impl Tracing for WatchEnd {
-    fn on_connected(&self) {}
-    fn on_disconnected(&self) {
-        self.handshakes
-            .remove_if(&self.key, |_, w| Arc::ptr_eq(w, &self.watch));
-        self.watch.end();
-    }
-    fn boxed_clone(&self) -> Box<dyn Tracing> {
-        Box::new(self.clone())
-    }
-}
-
-/// The pre-TLS step of the HTTPS listener: starts the handshake deadline.
-struct HandshakeDeadline {
-    runtime: SharedRuntime,
-    handshakes: Arc<Handshakes>,
-}
-
-#[async_trait]
-impl PreTlsProcess for HandshakeDeadline {
-    async fn process(&self, stream: &mut L4Stream) -> pingora_core::Result<()> {
-        let Some(limit) = self.runtime.load().limits.tls_handshake_timeout else {
-            return Ok(());
-        };
-        let Some(digest) = stream.get_socket_digest() else {
-            return Ok(());
-        };
-        let key = Arc::as_ptr(&digest) as usize;
-        let watch = Arc::new(HandshakeWatch {
-            fd: stream.as_raw_fd(),
-            running: Mutex::new(true),
-            ended: tokio::sync::Notify::new(),
-        });
-        self.handshakes.insert(key, watch.clone());
-        stream.tracer = Some(Tracer(Box::new(WatchEnd {
-            key,
-            watch: watch.clone(),
-            handshakes: self.handshakes.clone(),
-        })));
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(limit) => watch.expire(),
-                _ = watch.ended.notified() => {}
-            }
-        });
-        Ok(())
+/// Runs the handshake of a freshly accepted connection under `limit`; a failure is counted by
+/// reason and logged at debug level (a scanner or a client hanging up is not an error here).
+async fn handshake(
+    acceptor: &Acceptor,
+    stream: Stream,
+    limit: Option<Duration>,
+) -> Option<TlsStream<L4Stream>> {
+    let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+        debug_assert!(false, "the HTTPS listener hands over plain TCP streams");
+        return None;
+    };
+    // `0` in the config turns our deadline off, not the bound: pingora's 60 s remains.
+    let limit = limit.unwrap_or(FALLBACK_HANDSHAKE_TIMEOUT);
+    let Ok(result) = tokio::time::timeout(limit, acceptor.tls_handshake(*l4)).await else {
+        crate::metrics::TLS_HANDSHAKE_FAILURES
+            .with_label_values(&["timeout"])
+            .inc();
+        tracing::debug!("TLS handshake deadline passed: connection closed");
+        return None;
+    };
+    match result {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            let reason = crate::logging::handshake_failure_reason(&e.to_string());
+            crate::metrics::TLS_HANDSHAKE_FAILURES
+                .with_label_values(&[reason])
+                .inc();
+            tracing::debug!(reason, error = %e, "TLS handshake failed");
+            None
+        }
     }
 }
 
@@ -215,19 +135,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // The handshake is done: end its watch (one shard lock; `is_empty` would take all).
-        if let Some(d) = stream.get_socket_digest() {
-            if let Some((_, watch)) = self.handshakes.remove(&(Arc::as_ptr(&d) as usize)) {
-                watch.end();
-            }
-        }
-        let (max, head_timeout) = {
+        let (max, head_timeout, tls_timeout) = {
             let rt = self.runtime.load();
-            (rt.limits.max_connections_per_ip, rt.limits.header_timeout)
+            (
+                rt.limits.max_connections_per_ip,
+                rt.limits.header_timeout,
+                rt.limits.tls_handshake_timeout,
+            )
         };
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // The cap comes before the handshake: a refused connection costs no key exchange.
         let _slot = match ip {
             Some(ip) => match acquire(&self.per_ip, ip, max) {
                 Some(slot) => Some(slot),
@@ -241,6 +160,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
             },
             None => None,
         };
+        let tls = handshake(&self.acceptor, stream, tls_timeout).await?;
+        let version = tls.get_ssl_digest();
+        let _open = crate::tls::OpenConnection::handshake_done(
+            version.as_ref().map_or("", |d| d.version.as_ref()),
+        );
+        let stream: Stream = Box::new(tls);
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }

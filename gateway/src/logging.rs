@@ -27,89 +27,31 @@ pub fn init() {
         .json()
         .with_writer(std::io::stderr)
         .with_filter(filter);
-    // Counted whatever RUST_LOG says; only errors, so pingora's debug logs stay disabled.
-    let failures = HandshakeFailures.with_filter(tracing_subscriber::filter::LevelFilter::ERROR);
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(failures)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(fmt).try_init();
 }
 
-/// Counts failed TLS handshakes by reason (`gateway_tls_handshake_failures_total`).
-///
-/// pingora 0.9.1 has no hook for a failed handshake: it logs
-/// `Downstream handshake error from …: … tls connect error: <rustls error>` (or
-/// `Downstream handshake timeout`) at error level. This layer reads those records.
-pub struct HandshakeFailures;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeFailures {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Message(Option<String>);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = Some(format!("{value:?}"));
-                }
-            }
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                if field.name() == "message" {
-                    self.0 = Some(value.to_string());
-                }
-            }
-        }
-        let mut m = Message(None);
-        event.record(&mut m);
-        if let Some(mut reason) = m.0.as_deref().and_then(handshake_failure_reason) {
-            // A handshake the deadline cut short fails as if the client had hung up.
-            if reason == "client_closed"
-                && crate::conn_guard::HANDSHAKE_TIMEOUTS_UNLOGGED
-                    .fetch_update(
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                        |n| n.checked_sub(1),
-                    )
-                    .is_ok()
-            {
-                reason = "timeout";
-            }
-            crate::metrics::TLS_HANDSHAKE_FAILURES
-                .with_label_values(&[reason])
-                .inc();
-        }
+/// The reason label (`gateway_tls_handshake_failures_total`) of a failed handshake's error.
+pub fn handshake_failure_reason(error: &str) -> &'static str {
+    let m = error.to_ascii_lowercase();
+    if m.contains("eof") || m.contains("reset by peer") || m.contains("broken pipe") {
+        "client_closed"
+    } else if m.contains("received fatal alert") {
+        // The client refused us (e.g. it does not trust the certificate).
+        "client_alert"
+    } else if m.contains("nociphersuitesincommon") {
+        "no_shared_cipher"
+    } else if m.contains("version") {
+        "protocol_version"
+    } else if m.contains("peer is incompatible") {
+        "incompatible"
+    } else if m.contains("corrupt message")
+        || m.contains("peer misbehaved")
+        || m.contains("invalid")
+    {
+        "malformed"
+    } else {
+        "other"
     }
-}
-
-/// The reason label of a pingora handshake-failure log message, or `None` for other messages.
-pub fn handshake_failure_reason(message: &str) -> Option<&'static str> {
-    let rest = message.strip_prefix("Downstream handshake ")?;
-    if rest.starts_with("timeout") {
-        return Some("timeout");
-    }
-    if !rest.starts_with("error") {
-        return None;
-    }
-    let m = rest.to_ascii_lowercase();
-    Some(
-        if m.contains("eof") || m.contains("reset by peer") || m.contains("broken pipe") {
-            "client_closed"
-        } else if m.contains("received fatal alert") {
-            // The client refused us (e.g. it does not trust the certificate).
-            "client_alert"
-        } else if m.contains("nociphersuitesincommon") {
-            "no_shared_cipher"
-        } else if m.contains("version") {
-            "protocol_version"
-        } else if m.contains("peer is incompatible") {
-            "incompatible"
-        } else if m.contains("corrupt message")
-            || m.contains("peer misbehaved")
-            || m.contains("invalid")
-        {
-            "malformed"
-        } else {
-            "other"
-        },
-    )
 }
 
 const SHARDS: usize = 16;
@@ -489,7 +431,7 @@ mod tests {
 
     #[test]
     fn handshake_failure_messages_are_classified() {
-        let base = "Downstream handshake error from 127.0.0.1:1:  TLSHandshakeFailure context: tls connect error: ";
+        let base = "TLSHandshakeFailure context: TLS accept() failed cause: ";
         for (tail, want) in [
             ("tls handshake eof", "client_closed"),
             ("Connection reset by peer (os error 104)", "client_closed"),
@@ -510,15 +452,10 @@ mod tests {
         ] {
             assert_eq!(
                 handshake_failure_reason(&format!("{base}{tail}")),
-                Some(want),
+                want,
                 "{tail}"
             );
         }
-        assert_eq!(
-            handshake_failure_reason("Downstream handshake timeout"),
-            Some("timeout")
-        );
-        assert_eq!(handshake_failure_reason("Accept() failed"), None);
     }
 
     #[test]

@@ -86,18 +86,13 @@ pub fn build(
     let edge = crate::conn_guard::EdgeApp::new(
         pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
         shared.clone(),
+        crate::tls::acceptor(shared.clone()),
     );
-    let handshake_deadline = edge.handshake_deadline();
+    // Plain TCP for pingora: the edge app runs the TLS handshake itself.
     let mut proxy = Service::new("gateway https".into(), edge);
-    proxy.add_listener(
-        ListenerConfig::tcp(listeners.https.clone())
-            .tls(crate::tls::listener_settings(shared.clone()))
-            .l4_buffer(L4BufferSettings::new(
-                listeners.read_buffer_bytes,
-                listeners.write_buffer_bytes,
-            )),
-    );
-    proxy.endpoints().set_pre_tls_callback(handshake_deadline);
+    proxy.add_listener(ListenerConfig::tcp(listeners.https.clone()).l4_buffer(
+        L4BufferSettings::new(listeners.read_buffer_bytes, listeners.write_buffer_bytes),
+    ));
     server.add_service(proxy);
 
     if let Some(http) = &listeners.http {

@@ -274,28 +274,15 @@ pub fn version_label(v: &str) -> &'static str {
     }
 }
 
-/// Counts completed handshakes by protocol version.
-struct HandshakeCounter;
-
-#[async_trait::async_trait]
-impl pingora_core::listeners::TlsAccept for HandshakeCounter {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &pingora_core::protocols::tls::TlsRef,
-    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        crate::metrics::TLS_HANDSHAKES
-            .with_label_values(&[version_label(tls.version().unwrap_or(""))])
-            .inc();
-        // Kept in the connection's TLS digest: counts the connection open until it is dropped.
-        Some(Arc::new(OpenConnection::new()))
-    }
-}
-
 /// Counts an open HTTPS connection for as long as it lives.
-struct OpenConnection;
+pub struct OpenConnection;
 
 impl OpenConnection {
-    fn new() -> Self {
+    /// A completed handshake: counted by protocol version, and the connection as open.
+    pub fn handshake_done(version: &str) -> Self {
+        crate::metrics::TLS_HANDSHAKES
+            .with_label_values(&[version_label(version)])
+            .inc();
         crate::metrics::OPEN_CONNECTIONS
             .with_label_values(&["https"])
             .inc();
@@ -311,14 +298,44 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Builds the TLS settings of the HTTPS listener: TLS 1.2/1.3 (pingora's builder), ALPN h2 +
-/// http/1.1, certificates from the resolver.
-pub fn listener_settings(runtime: SharedRuntime) -> pingora_core::listeners::tls::TlsSettings {
-    // Certificates come from the resolver; the callbacks only count handshakes.
-    let mut settings =
-        pingora_core::listeners::tls::TlsSettings::with_callbacks(Box::new(HandshakeCounter))
-            .unwrap_or_else(|_| unreachable!("with_callbacks() only stores the callbacks"));
-    settings.enable_h2();
-    settings.set_cert_resolver(Arc::new(CertResolver::new(runtime)));
-    settings
+/// Cipher suites in the order the server picks them (`ignore_client_order`): AEAD only, with
+/// forward secrecy; AES-128-GCM first (as strong as the 128-bit-secure key exchanges, and its
+/// SHA-256 key schedule is cheaper than SHA-384), ChaCha20 for clients without AES hardware.
+fn cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+}
+
+/// The rustls configuration of the HTTPS listener: TLS 1.2/1.3, the server's cipher order,
+/// ALPN h2 + http/1.1, certificates from the resolver (so reloads rotate them).
+pub fn server_config(runtime: SharedRuntime) -> rustls::ServerConfig {
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: cipher_suites(),
+        ..rustls::crypto::ring::default_provider()
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3 with these suites"))
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(CertResolver::new(runtime)));
+    config.ignore_client_order = true;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// The HTTPS listener's acceptor. The gateway runs the handshake itself (in
+/// [`EdgeApp`](crate::conn_guard::EdgeApp)) rather than through pingora's `TlsSettings`, whose
+/// builder offers no way to set the server's cipher order.
+pub fn acceptor(runtime: SharedRuntime) -> pingora_core::listeners::tls::Acceptor {
+    pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(server_config(runtime)))
 }

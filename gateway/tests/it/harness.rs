@@ -435,6 +435,15 @@ pub async fn tls_connect_alpn(
     ca_pem: &str,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    try_tls_connect(port, ca_pem, alpn).await.expect("tls")
+}
+
+/// A TLS connection that may fail (e.g. a connection the gateway refuses during the handshake).
+pub async fn try_tls_connect(
+    port: u16,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c.expect("ca")).expect("add ca");
@@ -456,7 +465,6 @@ pub async fn tls_connect_alpn(
             tcp,
         )
         .await
-        .expect("tls")
 }
 
 /// Status code of a raw HTTP/1.1 response.

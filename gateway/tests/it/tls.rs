@@ -55,7 +55,31 @@ fn handshake(
     alpn: &[&[u8]],
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Handshake, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let conn = connect_with(
+        port,
+        sni,
+        alpn,
+        versions,
+        rustls::crypto::ring::default_provider(),
+    )?;
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or("no certificate")?;
+    let version = conn.protocol_version().ok_or("no version")?;
+    Ok((leaf, conn.alpn_protocol().map(|p| p.to_vec()), version))
+}
+
+/// A completed client handshake with `provider`'s cipher suites, in its order of preference.
+fn connect_with(
+    port: u16,
+    sni: &str,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    provider: rustls::crypto::CryptoProvider,
+) -> Result<rustls::ClientConnection, String> {
+    let provider = Arc::new(provider);
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?
@@ -70,13 +94,7 @@ fn handshake(
     while conn.is_handshaking() {
         conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
     }
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.as_ref().to_vec())
-        .ok_or("no certificate")?;
-    let version = conn.protocol_version().ok_or("no version")?;
-    Ok((leaf, conn.alpn_protocol().map(|p| p.to_vec()), version))
+    Ok(conn)
 }
 
 fn der_of(pem: &str) -> Vec<u8> {
@@ -161,6 +179,60 @@ fn alpn_and_versions() {
     let (_, _, v) =
         handshake(gw.https, "localhost", &[], &[&rustls::version::TLS12]).expect("tls12");
     assert_eq!(v, rustls::ProtocolVersion::TLSv1_2);
+}
+
+#[test]
+fn the_server_picks_the_cipher_suite() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, _, _) = start_two_cert_gateway(dir.path());
+    // Clients preferring AES-256 or ChaCha20 (as OpenSSL's defaults do) get AES-128-GCM:
+    // testssl's "server cipher order" check, and the cheaper SHA-256 key schedule.
+    for (versions, offered, want) in [
+        (
+            &[&rustls::version::TLS13][..],
+            vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_128_GCM_SHA256,
+            ],
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &[&rustls::version::TLS12][..],
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ] {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: offered,
+            ..rustls::crypto::ring::default_provider()
+        };
+        let conn = connect_with(gw.https, "localhost", &[], versions, provider).expect("hs");
+        let got = conn.negotiated_cipher_suite().expect("suite").suite();
+        assert_eq!(got, want, "{versions:?}");
+    }
+    // A client offering only ChaCha20 still connects.
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![cs::TLS13_CHACHA20_POLY1305_SHA256],
+        ..rustls::crypto::ring::default_provider()
+    };
+    let conn = connect_with(
+        gw.https,
+        "localhost",
+        &[],
+        &[&rustls::version::TLS13],
+        provider,
+    )
+    .expect("chacha only");
+    assert_eq!(
+        conn.negotiated_cipher_suite().expect("suite").suite(),
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    );
 }
 
 /// A ClientHello offering only `version` (0x0301 = TLS 1.0, 0x0302 = TLS 1.1) and classic
