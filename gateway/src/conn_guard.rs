@@ -76,24 +76,22 @@ async fn handshake(
     };
     // `0` in the config turns our deadline off, not the bound: pingora's 60 s remains.
     let limit = limit.unwrap_or(FALLBACK_HANDSHAKE_TIMEOUT);
-    let Ok(result) = tokio::time::timeout(limit, acceptor.tls_handshake(*l4)).await else {
-        crate::metrics::TLS_HANDSHAKE_FAILURES
-            .with_label_values(&["timeout"])
-            .inc();
-        tracing::debug!("TLS handshake deadline passed: connection closed");
-        return None;
-    };
-    match result {
-        Ok(tls) => Some(tls),
-        Err(e) => {
+    let reason = match tokio::time::timeout(limit, acceptor.tls_handshake(*l4)).await {
+        Ok(Ok(tls)) => return Some(tls),
+        Ok(Err(e)) => {
             let reason = crate::logging::handshake_failure_reason(&e.to_string());
-            crate::metrics::TLS_HANDSHAKE_FAILURES
-                .with_label_values(&[reason])
-                .inc();
             tracing::debug!(reason, error = %e, "TLS handshake failed");
-            None
+            reason
         }
-    }
+        Err(_) => {
+            tracing::debug!("TLS handshake deadline passed: connection closed");
+            "timeout"
+        }
+    };
+    crate::metrics::TLS_HANDSHAKE_FAILURES
+        .with_label_values(&[reason])
+        .inc();
+    None
 }
 
 /// One counted connection of a client IP; released on drop.
