@@ -79,7 +79,7 @@ async fn handshake(
     let reason = match tokio::time::timeout(limit, acceptor.tls_handshake(*l4)).await {
         Ok(Ok(tls)) => return Some(tls),
         Ok(Err(e)) => {
-            let reason = crate::logging::handshake_failure_reason(&e.to_string());
+            let reason = crate::tls::handshake_failure_reason(&e.to_string());
             tracing::debug!(reason, error = %e, "TLS handshake failed");
             reason
         }

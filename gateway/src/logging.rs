@@ -30,30 +30,6 @@ pub fn init() {
     let _ = tracing_subscriber::registry().with(fmt).try_init();
 }
 
-/// The reason label (`gateway_tls_handshake_failures_total`) of a failed handshake's error.
-pub fn handshake_failure_reason(error: &str) -> &'static str {
-    let m = error.to_ascii_lowercase();
-    if m.contains("eof") || m.contains("reset by peer") || m.contains("broken pipe") {
-        "client_closed"
-    } else if m.contains("received fatal alert") {
-        // The client refused us (e.g. it does not trust the certificate).
-        "client_alert"
-    } else if m.contains("nociphersuitesincommon") {
-        "no_shared_cipher"
-    } else if m.contains("version") {
-        "protocol_version"
-    } else if m.contains("peer is incompatible") {
-        "incompatible"
-    } else if m.contains("corrupt message")
-        || m.contains("peer misbehaved")
-        || m.contains("invalid")
-    {
-        "malformed"
-    } else {
-        "other"
-    }
-}
-
 const SHARDS: usize = 16;
 const SHARD_CAP: usize = 4 << 20;
 
@@ -427,35 +403,6 @@ mod tests {
         now_rfc3339(&mut b);
         assert_eq!(a.len(), 24);
         assert!(b >= a, "cached or newer");
-    }
-
-    #[test]
-    fn handshake_failure_messages_are_classified() {
-        let base = "TLSHandshakeFailure context: TLS accept() failed cause: ";
-        for (tail, want) in [
-            ("tls handshake eof", "client_closed"),
-            ("Connection reset by peer (os error 104)", "client_closed"),
-            ("received fatal alert: UnknownCA", "client_alert"),
-            (
-                "peer is incompatible: NoCipherSuitesInCommon",
-                "no_shared_cipher",
-            ),
-            (
-                "peer is incompatible: SupportedVersionsExtensionRequired",
-                "protocol_version",
-            ),
-            (
-                "received corrupt message of type InvalidContentType",
-                "malformed",
-            ),
-            ("something new", "other"),
-        ] {
-            assert_eq!(
-                handshake_failure_reason(&format!("{base}{tail}")),
-                want,
-                "{tail}"
-            );
-        }
     }
 
     #[test]
