@@ -5,6 +5,9 @@ cd "$(dirname "$0")/.."
 # cmake builds pingora's zlib-ng.
 bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus redis-server fonts-dejavu-core
 python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
+# Every crate first: the audit below runs `cargo metadata`, offline when the advisory database
+# is unreachable, so it must not depend on a registry a previous run left warm.
+cargo fetch --locked
 # Dependency audit (deny.toml): advisories, version floors, one rustls major, licenses, sources.
 command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
 if cargo deny fetch db >/dev/null 2>&1; then

@@ -175,11 +175,19 @@ impl ServeHttp for Admin {
                     } else {
                         "no healthy peer"
                     };
+                    // Why each provider without keys has none (e.g. an unknown CA).
+                    let jwks_errors: serde_json::Map<String, serde_json::Value> = rt
+                        .jwt_providers
+                        .values()
+                        .filter(|p| !p.is_ready())
+                        .filter_map(|p| Some((p.name.clone(), p.last_error()?.into())))
+                        .collect();
                     let body = serde_json::json!({
                         "status": "not_ready",
                         "reason": reason,
                         "pools": down,
                         "jwt_providers": no_keys,
+                        "jwks_errors": jwks_errors,
                     });
                     respond(
                         StatusCode::SERVICE_UNAVAILABLE,

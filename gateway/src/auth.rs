@@ -22,11 +22,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_json::Value;
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Why a token was refused. The `as_str` names are the only detail clients see.
@@ -288,61 +285,52 @@ pub struct Identity {
     pub exp: u64,
 }
 
+#[derive(Clone)]
 struct CacheEntry {
-    token: Box<str>,
     identity: Arc<Identity>,
     until: u64,
     generation: u64,
 }
 
-/// Bounded map from a token to its verdict.
+/// Bounded map from a token to its verdict. A full cache evicts what is least likely to be
+/// asked again (quick_cache's CLOCK-Pro: one-off tokens of a storm leave first, the hot tokens
+/// of signed-in users stay), so a storm of new tokens never empties it.
 struct TokenCache {
-    hasher: RandomState,
-    map: RwLock<HashMap<u64, CacheEntry>>,
-    max: usize,
+    /// `None` when caching is off (`cache_ttl_seconds = 0` or `cache_max_entries = 0`).
+    map: Option<quick_cache::sync::Cache<Box<str>, CacheEntry>>,
     ttl: u64,
 }
 
 impl TokenCache {
-    fn get(&self, token: &str, now: u64, generation: u64) -> Option<Arc<Identity>> {
-        if self.ttl == 0 {
-            return None;
+    fn new(max: usize, ttl: u64) -> Self {
+        Self {
+            map: (max > 0 && ttl > 0).then(|| quick_cache::sync::Cache::new(max)),
+            ttl,
         }
-        let h = self.hasher.hash_one(token);
-        let map = self.map.read().ok()?;
-        let e = map.get(&h)?;
-        (e.token.as_ref() == token && now < e.until && e.generation == generation)
-            .then(|| e.identity.clone())
+    }
+
+    fn get(&self, token: &str, now: u64, generation: u64) -> Option<Arc<Identity>> {
+        let e = self.map.as_ref()?.get(token)?;
+        (now < e.until && e.generation == generation).then_some(e.identity)
     }
 
     fn put(&self, token: &str, identity: Arc<Identity>, now: u64, generation: u64) {
-        if self.ttl == 0 || self.max == 0 {
+        let Some(map) = &self.map else {
             return;
-        }
+        };
         let until = identity.exp.min(now + self.ttl);
-        let h = self.hasher.hash_one(token);
-        if let Ok(mut map) = self.map.write() {
-            if map.len() >= self.max {
-                map.retain(|_, e| e.until > now && e.generation == generation);
-                if map.len() >= self.max {
-                    // Still full of live entries: start over rather than grow.
-                    map.clear();
-                }
-            }
-            map.insert(
-                h,
-                CacheEntry {
-                    token: token.into(),
-                    identity,
-                    until,
-                    generation,
-                },
-            );
-        }
+        map.insert(
+            token.into(),
+            CacheEntry {
+                identity,
+                until,
+                generation,
+            },
+        );
     }
 
     fn len(&self) -> usize {
-        self.map.read().map_or(0, |m| m.len())
+        self.map.as_ref().map_or(0, |m| m.len())
     }
 }
 
@@ -363,6 +351,231 @@ pub struct JwtProvider {
     last_fetch: std::sync::Mutex<Option<Instant>>,
     /// Unix seconds of the last successful JWKS fetch (0 = never).
     pub last_success: AtomicU64,
+    /// Where remote keys come from, and the client that fetches them (`None`: file keys).
+    remote: Option<Remote>,
+    /// Why the last fetch failed (cleared by a success): shown on `/readyz`.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// A remote key source and its HTTPS client (trust roots fixed when the provider is built).
+struct Remote {
+    /// The JWKS URL, or the OIDC discovery document's URL.
+    source: RemoteSource,
+    client: reqwest::Client,
+    allow_insecure_http: bool,
+    /// The `ca_file` bytes the client trusts (compared on reload), `None`: platform roots.
+    ca_pem: Option<Vec<u8>>,
+}
+
+enum RemoteSource {
+    Jwks(reqwest::Url),
+    Discovery(reqwest::Url),
+}
+
+/// The most a JWKS or discovery document may weigh.
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+/// The platform's trust store, read once (rustls-native-certs: `/etc/ssl/certs` on Debian and
+/// distroless, `SSL_CERT_FILE` / `SSL_CERT_DIR` when set). Chosen over a compiled-in Mozilla
+/// list so operators trust an identity provider the way every other program on the host or
+/// image does, and CA updates ship with the OS image, not with a gateway rebuild.
+static PLATFORM_ROOTS: std::sync::LazyLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+    std::sync::LazyLock::new(|| match rustls_native_certs::load_native_certs() {
+        Ok(certs) => certs,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the platform's trust store");
+            Vec::new()
+        }
+    });
+
+/// Whether `url` names this host (plain http is then no exposure).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Parses a key-source URL: https, or http on loopback or when explicitly allowed.
+fn check_url(
+    what: &'static str,
+    text: &str,
+    allow_insecure_http: bool,
+) -> Result<reqwest::Url, ProviderError> {
+    let url = reqwest::Url::parse(text).map_err(|_| ProviderError::BadUrl(what, text.into()))?;
+    match url.scheme() {
+        "https" if url.host_str().is_some() => Ok(url),
+        "http" if url.host_str().is_some() && (allow_insecure_http || is_loopback(&url)) => Ok(url),
+        "http" => Err(ProviderError::InsecureUrl(what, text.into())),
+        _ => Err(ProviderError::BadUrl(what, text.into())),
+    }
+}
+
+/// An error with its causes (reqwest's own text hides the TLS reason, e.g. `UnknownIssuer`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Why a JWKS (or discovery) fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("GET {0}: {1}")]
+    Http(String, String),
+    #[error("GET {0}: status {1}")]
+    Status(String, u16),
+    #[error("GET {0}: larger than 1 MiB")]
+    TooLarge(String),
+    #[error("discovery document {0}: {1}")]
+    Discovery(String, String),
+    #[error("discovery document says issuer `{got}`, configured issuer is `{want}`: refused")]
+    IssuerMismatch { got: String, want: String },
+    #[error("discovery jwks_uri: {0}")]
+    JwksUri(ProviderError),
+    #[error("JWKS: {0}")]
+    Keys(#[from] KeyError),
+}
+
+impl Remote {
+    fn try_new(
+        conf: &JwtProviderConf,
+        base: &std::path::Path,
+    ) -> Result<Option<Self>, ProviderError> {
+        let insecure = conf.allow_insecure_http;
+        let source = match (&conf.jwks_url, conf.discovery) {
+            (Some(url), false) => RemoteSource::Jwks(check_url("jwks_url", url, insecure)?),
+            (None, true) => {
+                let issuer = check_url("issuer", &conf.issuer, insecure)?;
+                let doc = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.as_str().trim_end_matches('/')
+                );
+                RemoteSource::Discovery(check_url("issuer", &doc, insecure)?)
+            }
+            _ => {
+                if conf.ca_file.is_some() {
+                    return Err(ProviderError::CaWithoutRemote);
+                }
+                return Ok(None);
+            }
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_pem = match &conf.ca_file {
+            Some(f) => {
+                let path = crate::config::resolve(base, f.get_ref());
+                let pem = std::fs::read(&path)
+                    .map_err(|e| ProviderError::CaFile(format!("{}: {e}", path.display())))?;
+                for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    let c =
+                        c.map_err(|e| ProviderError::CaFile(format!("{}: {e}", path.display())))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| ProviderError::CaFile(format!("{}: {e}", path.display())))?;
+                }
+                if roots.is_empty() {
+                    return Err(ProviderError::CaFile(format!(
+                        "{}: no PEM certificate in it",
+                        path.display()
+                    )));
+                }
+                Some(pem)
+            }
+            None => {
+                roots.add_parsable_certificates(PLATFORM_ROOTS.iter().cloned());
+                if roots.is_empty() {
+                    return Err(ProviderError::NoRoots);
+                }
+                None
+            }
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProviderError::Client(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        // A redirect may not downgrade to plain http where the URL itself could not be.
+        let redirects = reqwest::redirect::Policy::custom(move |a| {
+            if a.previous().len() >= 5 {
+                a.error("more than 5 redirects")
+            } else if a.url().scheme() != "https" && !insecure && !is_loopback(a.url()) {
+                a.error("redirect to plain http refused")
+            } else {
+                a.follow()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(redirects)
+            .timeout(Duration::from_millis(conf.jwks_timeout_ms))
+            .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::Client(error_chain(&e)))?;
+        Ok(Some(Self {
+            source,
+            client,
+            allow_insecure_http: insecure,
+            ca_pem,
+        }))
+    }
+
+    /// GET `url`, at most [`MAX_DOCUMENT_BYTES`].
+    async fn get(&self, url: &reqwest::Url) -> Result<Vec<u8>, FetchError> {
+        let http = |e: reqwest::Error| FetchError::Http(url.to_string(), error_chain(&e));
+        let mut resp = self.client.get(url.clone()).send().await.map_err(http)?;
+        if !resp.status().is_success() {
+            return Err(FetchError::Status(url.to_string(), resp.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(http)? {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(FetchError::TooLarge(url.to_string()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// The keys: via the discovery document's `jwks_uri` (its `issuer` checked) or directly.
+    async fn fetch(&self, issuer: &str) -> Result<Vec<VerifyKey>, FetchError> {
+        let jwks_url = match &self.source {
+            RemoteSource::Jwks(url) => url.clone(),
+            RemoteSource::Discovery(doc_url) => {
+                #[derive(serde::Deserialize)]
+                struct Doc {
+                    issuer: String,
+                    jwks_uri: String,
+                }
+                let text = self.get(doc_url).await?;
+                let doc: Doc = serde_json::from_slice(&text)
+                    .map_err(|e| FetchError::Discovery(doc_url.to_string(), e.to_string()))?;
+                // OpenID Connect Discovery §4.3: exactly the issuer asked for.
+                if doc.issuer != issuer {
+                    return Err(FetchError::IssuerMismatch {
+                        got: doc.issuer,
+                        want: issuer.to_string(),
+                    });
+                }
+                check_url("jwks_uri", &doc.jwks_uri, self.allow_insecure_http)
+                    .map_err(FetchError::JwksUri)?
+            }
+        };
+        let body = self.get(&jwks_url).await?;
+        Ok(parse_jwks(&body, false)?)
+    }
 }
 
 impl std::fmt::Debug for JwtProvider {
@@ -376,7 +589,7 @@ impl std::fmt::Debug for JwtProvider {
 /// Why a provider definition was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("exactly one of jwks_url, jwks_file, key_file, secret_file is required")]
+    #[error("exactly one of jwks_url, discovery, jwks_file, key_file, secret_file is required")]
     KeySource,
     #[error("algorithm `{0}` is not supported (none is never allowed)")]
     BadAlgorithm(String),
@@ -386,8 +599,18 @@ pub enum ProviderError {
     NoAudience,
     #[error("`{0}` is not a valid header name")]
     BadHeader(String),
-    #[error("jwks_url must be http:// or https://")]
-    BadUrl,
+    #[error("{0} `{1}` is not an https:// (or http://) URL with a host")]
+    BadUrl(&'static str, String),
+    #[error("{0} `{1}` is plain http to another host: anyone on the path could swap the keys the gateway trusts; use https, or set allow_insecure_http = true")]
+    InsecureUrl(&'static str, String),
+    #[error("ca_file: {0}")]
+    CaFile(String),
+    #[error("ca_file applies only to jwks_url or discovery")]
+    CaWithoutRemote,
+    #[error("no trust roots: the platform's store is empty or unreadable; set ca_file")]
+    NoRoots,
+    #[error("JWKS client: {0}")]
+    Client(String),
     #[error("key material: {0}")]
     Key(#[from] KeyError),
     #[error("algorithm {0} has no key of its type")]
@@ -409,12 +632,16 @@ impl JwtProvider {
     ) -> Result<Self, ProviderError> {
         let sources = [
             conf.jwks_url.is_some(),
+            conf.discovery,
             conf.jwks_file.is_some(),
             conf.key_file.is_some(),
             conf.secret_file.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(ProviderError::KeySource);
+        }
+        if conf.ca_file.is_some() && !conf.is_remote() {
+            return Err(ProviderError::CaWithoutRemote);
         }
         if conf.audiences.is_empty() {
             return Err(ProviderError::NoAudience);
@@ -443,12 +670,9 @@ impl JwtProvider {
         } else if let Some(f) = &conf.secret_file {
             (vec![parse_secret(&read(f)?)?], true)
         } else {
-            let url = conf.jwks_url.as_deref().unwrap_or("");
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ProviderError::BadUrl);
-            }
             (Vec::new(), false)
         };
+        let remote = Remote::try_new(conf, base)?;
         if loaded {
             // Every allowed algorithm must be able to meet a key; a config allowing HS256 next
             // to an RSA key is a mistake, not a feature.
@@ -469,16 +693,34 @@ impl JwtProvider {
             }),
             loaded: std::sync::atomic::AtomicBool::new(loaded),
             generation: AtomicU64::new(1),
-            cache: TokenCache {
-                hasher: RandomState::new(),
-                map: RwLock::new(HashMap::new()),
-                max: conf.cache_max_entries,
-                ttl: conf.cache_ttl_seconds,
-            },
+            cache: TokenCache::new(conf.cache_max_entries, conf.cache_ttl_seconds),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_fetch: std::sync::Mutex::new(None),
             last_success: AtomicU64::new(if loaded { now_secs() } else { 0 }),
+            remote,
+            last_error: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the trust this provider was built with still matches `ca_file` on disk (a
+    /// rotated private CA makes a reload build a new client).
+    pub fn trust_unchanged(&self, base: &std::path::Path) -> bool {
+        let on_disk = self
+            .conf
+            .ca_file
+            .as_ref()
+            .map(|f| std::fs::read(crate::config::resolve(base, f.get_ref())).ok());
+        let held = self.remote.as_ref().map(|r| r.ca_pem.clone());
+        match (on_disk, held) {
+            (None, _) => true,
+            (Some(disk), Some(held)) => disk.is_some() && disk == held,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Why the last JWKS fetch failed, until one succeeds.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
     /// Whether keys are loaded (a JWKS URL answered at least once).
@@ -499,40 +741,31 @@ impl JwtProvider {
     }
 
     /// Fetches the JWKS now (single flight). Keeps the last good set on failure.
-    pub async fn fetch_jwks(&self) -> Result<(), String> {
+    pub async fn fetch_jwks(&self) -> Result<(), FetchError> {
         let _guard = self.fetch_lock.lock().await;
         self.fetch_locked().await
     }
 
     /// The fetch itself; the caller holds `fetch_lock`.
-    async fn fetch_locked(&self) -> Result<(), String> {
-        let Some(url) = self.conf.jwks_url.as_deref() else {
+    async fn fetch_locked(&self) -> Result<(), FetchError> {
+        let Some(remote) = &self.remote else {
             return Ok(());
         };
         if let Ok(mut l) = self.last_fetch.lock() {
             *l = Some(Instant::now());
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(self.conf.jwks_timeout_ms))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("status {}", resp.status()));
+        let result = remote.fetch(&self.conf.issuer).await;
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = result.as_ref().err().map(|e| e.to_string());
         }
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        if body.len() > 1024 * 1024 {
-            return Err("JWKS larger than 1 MiB".into());
-        }
-        let keys = parse_jwks(&body, false).map_err(|e| e.to_string())?;
-        self.install(keys);
+        self.install(result?);
         Ok(())
     }
 
     /// On an unknown `kid`: refetch unless a fetch happened within the cooldown. Concurrent
     /// callers queue on the lock and find the fresh fetch done (single flight).
     async fn refetch_for_unknown_kid(&self) {
-        if self.conf.jwks_url.is_none() {
+        if self.remote.is_none() {
             return;
         }
         let cooldown = Duration::from_secs(self.conf.jwks_refetch_cooldown_seconds);
@@ -550,7 +783,7 @@ impl JwtProvider {
     }
 
     fn needs_refresh(&self) -> bool {
-        if self.conf.jwks_url.is_none() {
+        if self.remote.is_none() {
             return false;
         }
         let last = self.last_fetch.lock().ok().and_then(|l| *l);
@@ -912,6 +1145,40 @@ impl BackgroundService for JwksService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity_until(exp: u64) -> Arc<Identity> {
+        Arc::new(Identity {
+            sub: Some("u".into()),
+            scopes: Vec::new(),
+            headers: Vec::new(),
+            exp,
+        })
+    }
+
+    #[test]
+    fn a_token_storm_evicts_one_off_tokens_and_never_empties_the_cache() {
+        let cache = TokenCache::new(1000, 300);
+        let now = 1_000;
+        cache.put("hot", identity_until(now + 900), now, 1);
+        let mut smallest_after_full = usize::MAX;
+        for i in 0..20_000 {
+            cache.put(&format!("storm-{i}"), identity_until(now + 900), now, 1);
+            // The signed-in user keeps calling.
+            assert!(cache.get("hot", now, 1).is_some(), "hot token lost at {i}");
+            if i > 2_000 {
+                smallest_after_full = smallest_after_full.min(cache.len());
+            }
+        }
+        assert!(cache.len() <= 1000 + 100, "bounded: {}", cache.len());
+        assert!(
+            smallest_after_full >= 500,
+            "no cliff: the cache never fell to {smallest_after_full} entries"
+        );
+        // Expiry and key generation still decide.
+        assert!(cache.get("hot", now + 1_000, 1).is_none(), "past its ttl");
+        assert!(cache.get("hot", now, 2).is_none(), "keys changed since");
+        assert!(TokenCache::new(0, 300).get("hot", now, 1).is_none());
+    }
 
     #[test]
     fn header_parsing_refuses_none_crit_and_garbage() {

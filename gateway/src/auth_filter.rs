@@ -45,6 +45,10 @@ pub async fn request_filter(
             Ok(true)
         }
         Err(AuthRejection::Missing) => {
+            // Counted like the others: a spike of tokenless calls is a broken client or a probe.
+            crate::metrics::AUTH_REJECTIONS
+                .with_label_values(&[policy.provider.name.as_str(), "missing"])
+                .inc();
             let body = serde_json::json!({
                 "error": "unauthorized",
                 "error_description": "missing bearer token",

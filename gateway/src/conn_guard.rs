@@ -133,17 +133,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (max, head_timeout, tls_timeout) = {
+        let (max, head_timeout, tls_timeout, v6_prefix) = {
             let rt = self.runtime.load();
             (
                 rt.limits.max_connections_per_ip,
                 rt.limits.header_timeout,
                 rt.limits.tls_handshake_timeout,
+                rt.ipv6_prefix,
             )
         };
+        // Keyed like the rate limits: one IPv6 client holds a whole prefix (a /64 by default),
+        // so counting full addresses would give it `max` × 2^64 connections.
         let ip = stream
             .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+            .map(|ip| crate::rate_limit::mask(ip, v6_prefix));
         // The cap comes before the handshake: a refused connection costs no key exchange.
         let _slot = match ip {
             Some(ip) => match acquire(&self.per_ip, ip, max) {
@@ -245,6 +249,55 @@ pub struct HeadDeadline {
     pending: Vec<u8>,
     /// Whether a body write has joined `pending` (only one does).
     merged: bool,
+    /// The request line of the head being read, checked as its bytes pass.
+    line: RequestLine,
+}
+
+/// What the bytes of one request line showed. pingora 0.9.1 re-parses a request line that
+/// httparse refused after percent-encoding spaces, controls and `"<>` in it
+/// (`escape_illegal_request_line`), so `GET /a b HTTP/1.1` reaches the phases as `/a%20b`;
+/// only the raw bytes still tell such a line from a well-formed one (nginx answers 400).
+#[derive(Debug, Clone, Copy, Default)]
+struct RequestLine {
+    /// The line's end has been seen.
+    done: bool,
+    /// A byte other than CR/LF has been seen (empty lines may precede a request line).
+    started: bool,
+    /// Spaces seen (a request line has exactly two).
+    spaces: u8,
+    /// A byte no request line may hold raw, or a third space.
+    bad: bool,
+}
+
+impl RequestLine {
+    /// Advances over `bytes`, which continue the head from where the last call stopped.
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.done {
+                return;
+            }
+            match b {
+                b'\n' if self.started => self.done = true,
+                b'\r' | b'\n' => {}
+                b' ' => {
+                    self.started = true;
+                    self.spaces += 1;
+                    self.bad |= self.spaces > 2;
+                }
+                0..=0x1f | 0x7f..=0xff | b'"' | b'<' | b'>' => {
+                    self.started = true;
+                    self.bad = true;
+                }
+                _ => self.started = true,
+            }
+        }
+    }
+}
+
+/// Whether a write is an interim (1xx) response head: the final response is still to come, so
+/// the request (and its body, e.g. after `100 Continue`) is not over.
+fn is_interim_head(data: &[u8]) -> bool {
+    data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1'
 }
 
 /// A small response head is held until the body's first write and both are encrypted as one
@@ -276,7 +329,15 @@ impl HeadDeadline {
             peeked_len: 0,
             pending: Vec::new(),
             merged: false,
+            line: RequestLine::default(),
         }
+    }
+
+    /// Whether the current request's line held bytes pingora escaped before parsing it (a
+    /// space inside the target, a control byte, `"`, `<`, `>`, non-ASCII): such a request is
+    /// refused with 400 before routing.
+    pub fn request_line_refused(&self) -> bool {
+        self.line.bad
     }
 
     /// Writes out whatever is held back. Pingora's buffered stream below gives the same
@@ -390,6 +451,7 @@ impl HeadDeadline {
             if bytes[0].is_ascii_uppercase() || bytes[0] == b'\r' || bytes[0] == b'\n' {
                 self.phase = Phase::Head;
                 self.matched = 0;
+                self.line = RequestLine::default();
                 if let Some(t) = self.timeout {
                     // Later than the armed instant on a busy connection: tokio only moves the
                     // expiry, no timer-wheel work.
@@ -402,8 +464,13 @@ impl HeadDeadline {
                 return;
             }
         }
-        if self.phase == Phase::Head && self.scan(bytes) {
-            self.phase = Phase::Body;
+        if self.phase == Phase::Head {
+            if !self.line.done {
+                self.line.scan(bytes);
+            }
+            if self.scan(bytes) {
+                self.phase = Phase::Body;
+            }
         }
     }
 }
@@ -518,8 +585,10 @@ impl AsyncWrite for HeadDeadline {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.phase == Phase::Body {
-            // The first write of a response is its head: hold it if small.
+        if this.phase == Phase::Body && !is_interim_head(data) {
+            // The first write of a final response is its head: hold it if small. An interim
+            // head (`100 Continue`) goes out at once and the request's body may still follow:
+            // its bytes must not be taken for the next request's head.
             this.phase = Phase::Idle;
             if this.pending.is_empty() && data.len() < MERGE_MAX {
                 // A pooled buffer: allocating and freeing 8 KiB per response cost more than
@@ -567,7 +636,7 @@ impl AsyncWrite for HeadDeadline {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if this.phase == Phase::Body {
+        if this.phase == Phase::Body && !bufs.first().is_some_and(|b| is_interim_head(b)) {
             this.phase = Phase::Idle;
         }
         std::task::ready!(this.poll_drain(cx))?;
@@ -697,6 +766,63 @@ mod tests {
         d.phase = Phase::Idle;
         d.on_read(b"POST /x HTTP/1.1\r\n");
         assert_eq!(d.phase, Phase::Head, "the next request's head");
+    }
+
+    #[tokio::test]
+    async fn a_body_after_100_continue_is_not_taken_for_a_head() {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut d, mut peer) = wrapped_pair();
+        d.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .expect("write");
+        assert_eq!(
+            read_now(&mut peer).await,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            "an interim head is not held back"
+        );
+        assert_eq!(d.phase, Phase::Body);
+        // A zip upload starts with an upper-case letter, and may hold \r\n\r\n.
+        d.on_read(b"PK\x03\x04 GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(d.phase, Phase::Body, "body bytes after 100 Continue");
+        d.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("write");
+        assert_eq!(d.phase, Phase::Idle, "the final head ends the request");
+        d.on_read(b"GET /next HTTP/1.1\r\n");
+        assert_eq!(d.phase, Phase::Head);
+    }
+
+    #[tokio::test]
+    async fn request_lines_with_bytes_pingora_would_escape_are_flagged() {
+        let bad = |parts: &[&[u8]]| {
+            let mut d = wrapped();
+            for p in parts {
+                d.on_read(p);
+            }
+            d.request_line_refused()
+        };
+        assert!(!bad(&[b"GET /api/health HTTP/1.1\r\nHost: a b\r\n\r\n"]));
+        assert!(
+            !bad(&[b"\r\nGET /a?b=%20 HTTP/1.1\r\n"]),
+            "leading empty line"
+        );
+        assert!(!bad(&[b"GET /a", b"/b HTTP/1.1\r", b"\nX: \"<>\"\r\n\r\n"]));
+        assert!(bad(&[b"GET /api/health z HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(
+            bad(&[b"GET /api/he", b"alth z HTTP/1.1\r\n"]),
+            "split over reads"
+        );
+        assert!(bad(&[b"GET /a\"b HTTP/1.1\r\n"]));
+        assert!(bad(&[b"GET /a<b> HTTP/1.1\r\n"]));
+        assert!(bad(&[b"GET /a\tb HTTP/1.1\r\n"]));
+        assert!(bad(&[b"GET /\xc3\xa9 HTTP/1.1\r\n"]));
+        // The next request starts clean.
+        let mut d = wrapped();
+        d.on_read(b"GET /a b HTTP/1.1\r\n\r\n");
+        assert!(d.request_line_refused());
+        d.phase = Phase::Idle;
+        d.on_read(b"GET /fine HTTP/1.1\r\n\r\n");
+        assert!(!d.request_line_refused());
     }
 
     /// The byte-at-a-time matcher `scan` replaced: the reference it must agree with.
@@ -1083,5 +1209,21 @@ mod tests {
             "no entry kept for an IP without connections"
         );
         assert!(acquire(&map, ip, 0).is_some(), "0 = no cap");
+    }
+
+    #[test]
+    fn ipv6_clients_are_capped_by_prefix_like_the_rate_limits() {
+        let map = DashMap::new();
+        let key = |s: &str| crate::rate_limit::mask(s.parse().expect("ip"), 64);
+        let _a = acquire(&map, key("2001:db8:1:2::1"), 2).expect("first");
+        let _b = acquire(&map, key("2001:db8:1:2:ffff::9"), 2).expect("second, same /64");
+        assert!(
+            acquire(&map, key("2001:db8:1:2:1234::5"), 2).is_none(),
+            "a third address of the same /64 is refused"
+        );
+        assert!(
+            acquire(&map, key("2001:db8:1:3::1"), 2).is_some(),
+            "another /64 is another client"
+        );
     }
 }

@@ -239,6 +239,8 @@ mod tests {
         header_timeout: None,
         max_connections_per_ip: 0,
         tls_handshake_timeout: None,
+        discard_body_max_bytes: 0,
+        discard_body_timeout: std::time::Duration::ZERO,
     };
 
     fn req(method: &str, path: &[u8], headers: &[(&str, &str)]) -> RequestHeader {

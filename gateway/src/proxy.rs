@@ -70,6 +70,9 @@ pub struct Ctx {
     pub upstream_ms: Option<f64>,
     /// When the request started.
     pub started: Instant,
+    /// The request's body framing was refused (conflicting or malformed `Content-Length` /
+    /// `Transfer-Encoding`): its bytes are never parsed, the connection just closes.
+    pub unframed: bool,
 }
 
 /// The gateway's proxy service logic.
@@ -126,6 +129,7 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             upstream_ms: None,
             started: Instant::now(),
+            unframed: false,
         }
     }
 
@@ -149,12 +153,25 @@ impl ProxyHttp for Gateway {
             && session.as_http1().is_some_and(|h1| {
                 hygiene::raw_has_header(&h1.get_headers_raw_bytes(), "content-length")
             });
+        // A request line pingora had to escape before parsing (`GET /a b HTTP/1.1`).
+        let escaped_line = session.as_http1().is_some_and(|h1| {
+            (**h1.stream())
+                .as_any()
+                .downcast_ref::<crate::conn_guard::HeadDeadline>()
+                .is_some_and(|s| s.request_line_refused())
+        });
         let verdict = if both_te_and_cl {
             Err(hygiene::Rejection::BadTransferEncoding)
+        } else if escaped_line {
+            Err(hygiene::Rejection::BadTarget)
         } else {
             hygiene::request_filter(req, &ctx.rt.limits)
         };
         if let Err(rejection) = verdict {
+            ctx.unframed = matches!(
+                rejection,
+                hygiene::Rejection::BadContentLength | hygiene::Rejection::BadTransferEncoding
+            );
             let allow = [(
                 http::header::ALLOW,
                 http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
@@ -459,7 +476,11 @@ impl ProxyHttp for Gateway {
                     .inc();
             }
         }
-        if code > 0 && session.response_written().is_none() {
+        // Only an interim head (a relayed `100 Continue`) may have gone out: the answer follows.
+        let answered = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
+        if code > 0 && !answered {
             if ctx.request_id.is_empty() {
                 ctx.request_id = request_id::from_client(None);
             }

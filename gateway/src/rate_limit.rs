@@ -234,7 +234,7 @@ impl RatePolicy {
                         burst.get(),
                         on_error,
                     )
-                    .map_err(PolicyError::Redis)?,
+                    .map_err(|e| PolicyError::Redis(e.to_string()))?,
                 )
             }
         };
@@ -319,17 +319,14 @@ impl RatePolicy {
         let Some(store) = &self.shared else {
             return self.check(key);
         };
-        match tokio::time::timeout(Duration::from_millis(250), store.check(key)).await {
-            Ok(Ok(d)) => d,
-            failed => {
-                let reason = match failed {
-                    Ok(Err(e)) => e,
-                    _ => "timeout".to_string(),
-                };
+        // The store bounds its own call (`STORE_TIMEOUT`) and fails at once while its breaker
+        // is open; it logs the transitions, so a Redis outage is one log line, not one a request.
+        match store.check(key).await {
+            Ok(d) => d,
+            Err(_) => {
                 crate::metrics::RATE_STORE_ERRORS
                     .with_label_values(&[self.name.as_str()])
                     .inc();
-                tracing::warn!(policy = %self.name, error = %reason, "rate-limit store failed; falling back");
                 match store.on_error {
                     OnStoreError::Local => self.check(key),
                     OnStoreError::Allow => Decision::Allowed {
@@ -374,6 +371,12 @@ impl RatePolicy {
 pub fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
+        // An IPv4 client on a dual-stack listener (`::ffff:a.b.c.d`) is one IPv4 address, not
+        // a member of the one /64 every such client shares.
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
             let p = u32::from(prefix.min(128));
@@ -421,16 +424,34 @@ impl RateLimitService {
 #[async_trait]
 impl BackgroundService for RateLimitService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let period = Duration::from_secs(10);
-        crate::runtime::every(&self.runtime, shutdown, period, |rt| async move {
-            for p in rt.rate_policies.values() {
-                p.cleanup();
-                crate::metrics::RATE_TRACKED_KEYS
-                    .with_label_values(&[p.name.as_str()])
-                    .set(p.tracked_keys() as i64);
-            }
-        })
-        .await;
+        let cleanup = crate::runtime::every(
+            &self.runtime,
+            shutdown.clone(),
+            Duration::from_secs(10),
+            |rt| async move {
+                for p in rt.rate_policies.values() {
+                    p.cleanup();
+                    crate::metrics::RATE_TRACKED_KEYS
+                        .with_label_values(&[p.name.as_str()])
+                        .set(p.tracked_keys() as i64);
+                }
+            },
+        );
+        // Shared stores with an open breaker (or never connected) are probed off the request
+        // path: requests never wait on a reconnect.
+        let probe = crate::runtime::every(
+            &self.runtime,
+            shutdown,
+            crate::shared_store::PROBE_PERIOD,
+            |rt| async move {
+                for p in rt.rate_policies.values() {
+                    if let Some(store) = &p.shared {
+                        store.probe().await;
+                    }
+                }
+            },
+        );
+        tokio::join!(cleanup, probe);
     }
 }
 
@@ -608,5 +629,9 @@ mod tests {
         let c = mask("2001:db8:1:3::1".parse().expect("ip"), 64);
         assert_eq!(a, b);
         assert_ne!(a, c);
+        let m1 = mask("::ffff:192.0.2.1".parse().expect("ip"), 64);
+        let m2 = mask("::ffff:192.0.2.2".parse().expect("ip"), 64);
+        assert_ne!(m1, m2, "IPv4 clients of a dual-stack listener stay apart");
+        assert_eq!(m1, "192.0.2.1".parse::<IpAddr>().expect("ip"));
     }
 }

@@ -300,7 +300,51 @@ async fn write_body(
         ctx.body_sent += body.len() as u64;
         session.write_response_body(Some(body), true).await?;
     }
+    if !ctx.unframed {
+        discard_body(session, &ctx.rt.limits).await;
+    }
     Ok(())
+}
+
+/// After an early answer (the complete response is already written), reads and drops what is
+/// left of the request body, within `discard_body_max_bytes` and `discard_body_timeout` (and
+/// one second without a byte), before the stream or connection is let go.
+///
+/// HTTP/2: RFC 9113 §8.1 lets a server reset the stream with NO_ERROR right after such an
+/// answer (h2 does when the stream is dropped), but a client still uploading may then lose the
+/// answer: curl 7.88 ends the transfer with "(92) Stream error in the HTTP/2 framing layer"
+/// before it shows the response it already received. Reading on until the client's END_STREAM
+/// lets the stream end normally; past the bounds the NO_ERROR reset follows.
+/// HTTP/1.1: the connection closes after the answer, and closing a socket with unread bytes
+/// makes the kernel send a reset that can destroy the answer in the client's buffers (curl:
+/// "(56) Connection reset by peer"); this is nginx's lingering close. Never called for a
+/// request whose body framing was refused ([`Ctx::unframed`]): those bytes are never parsed.
+async fn discard_body(session: &mut Session, limits: &crate::runtime::Limits) {
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+    if session.is_body_done() || session.req_header().method == http::Method::HEAD {
+        return;
+    }
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if limits.discard_body_max_bytes == 0
+        || declared.is_some_and(|n| n > limits.discard_body_max_bytes)
+    {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + limits.discard_body_timeout;
+    let mut left = limits.discard_body_max_bytes;
+    while left > 0 {
+        let idle = (tokio::time::Instant::now() + IDLE).min(deadline);
+        match tokio::time::timeout_at(idle, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => left = left.saturating_sub(chunk.len() as u64),
+            // The body's end, a client reset or close, or a time bound.
+            _ => return,
+        }
+    }
 }
 
 /// `response_filter` for proxied responses: hide upstream software, add our headers, and the

@@ -37,6 +37,10 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Deadline for a TLS handshake (`None`: pingora's 60 s).
     pub tls_handshake_timeout: Option<std::time::Duration>,
+    /// HTTP/2: body bytes read and dropped after an early answer before the stream is reset.
+    pub discard_body_max_bytes: u64,
+    /// Time bound of that discarding.
+    pub discard_body_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +56,8 @@ impl Default for Limits {
             header_timeout: Some(std::time::Duration::from_secs(10)),
             max_connections_per_ip: 1024,
             tls_handshake_timeout: Some(std::time::Duration::from_secs(10)),
+            discard_body_max_bytes: 64 * 1024 * 1024,
+            discard_body_timeout: std::time::Duration::from_secs(10),
         }
     }
 }

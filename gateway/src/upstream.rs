@@ -19,7 +19,7 @@ use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Why a pool definition was refused.
@@ -65,6 +65,8 @@ pub struct Pool {
     down_until: Vec<(PeerAddr, AtomicU64)>,
     epoch: Instant,
     last_check: Mutex<Option<Instant>>,
+    /// A health-check pass of this pool is running (never two at once).
+    checking: std::sync::atomic::AtomicBool,
     timeouts: Timeouts,
     upstream_duration: prometheus::Histogram,
 }
@@ -153,6 +155,7 @@ impl Pool {
             down_until,
             epoch: Instant::now(),
             last_check: Mutex::new(None),
+            checking: std::sync::atomic::AtomicBool::new(false),
             upstream_duration: crate::metrics::UPSTREAM_DURATION.with_label_values(&[name]),
             timeouts: Timeouts {
                 connect: ms(conf.connect_timeout_ms),
@@ -247,20 +250,28 @@ impl Pool {
         self.down_until.len()
     }
 
-    /// Runs one active health-check pass if the interval has elapsed.
-    async fn check_if_due(&self, now: Instant) {
+    /// Claims the next active health-check pass when the interval has elapsed and no pass is
+    /// running; the caller then runs [`Pool::run_check`].
+    fn claim_check(&self, now: Instant) -> bool {
+        let Ok(mut last) = self.last_check.lock() else {
+            return false;
+        };
+        let interval = ms(self.conf.health_check_interval_ms);
+        if self.checking.load(Ordering::Acquire)
+            || last.is_some_and(|t| now.duration_since(t) < interval)
         {
-            let Ok(mut last) = self.last_check.lock() else {
-                return;
-            };
-            let interval = ms(self.conf.health_check_interval_ms);
-            if last.is_some_and(|t| now.duration_since(t) < interval) {
-                return;
-            }
-            *last = Some(now);
+            return false;
         }
+        *last = Some(now);
+        self.checking.store(true, Ordering::Release);
+        true
+    }
+
+    /// One active health-check pass (every peer at once), then the health published.
+    async fn run_check(self: Arc<Self>) {
         self.balancer.backends().run_health_check(true).await;
         self.publish_health();
+        self.checking.store(false, Ordering::Release);
     }
 }
 
@@ -281,24 +292,28 @@ impl HealthService {
 
 #[async_trait]
 impl BackgroundService for HealthService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let period = Duration::from_millis(250);
-        crate::runtime::every(&self.runtime, shutdown, period, |rt| async move {
-            let now = Instant::now();
-            futures_join_all(rt.pools.values().map(|p| p.check_if_due(now))).await;
-        })
-        .await;
-    }
-}
-
-/// Runs futures concurrently to completion (pools are few; no need for a dependency).
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    for f in set {
-        f.await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use futures_util::StreamExt as _;
+        // Each pool's pass runs on its own: a pool whose peers hang until the read timeout
+        // delays neither another pool's checks nor its own next tick's bookkeeping.
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    let rt = self.runtime.load();
+                    let now = Instant::now();
+                    for pool in rt.pools.values() {
+                        if pool.claim_check(now) {
+                            running.push(pool.clone().run_check());
+                        }
+                    }
+                }
+                Some(()) = running.next(), if !running.is_empty() => {}
+            }
+        }
     }
 }
 

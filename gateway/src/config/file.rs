@@ -479,6 +479,19 @@ pub struct LimitsConf {
     /// closed when it passes. 0 = off (pingora's own 60 s remains). Default 10000.
     #[serde(default = "default_header_timeout")]
     pub tls_handshake_timeout_ms: u64,
+    /// HTTP/2: after an answer written before the request body was read (401, 403, 413, 429…),
+    /// read and drop at most this many more body bytes so a client still uploading sees its
+    /// stream end normally; past it (or `discard_body_timeout_ms`) the stream is reset with
+    /// NO_ERROR after the answer. 0 = reset at once. Default 67108864 (64 MiB).
+    #[serde(default = "default_discard_bytes")]
+    pub discard_body_max_bytes: u64,
+    /// Time bound of that discarding, ms. Default 10000.
+    #[serde(default = "default_header_timeout")]
+    pub discard_body_timeout_ms: u64,
+}
+
+fn default_discard_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_header_timeout() -> u64 {
@@ -515,6 +528,8 @@ impl Default for LimitsConf {
             header_timeout_ms: default_header_timeout(),
             max_connections_per_ip: default_conns_per_ip(),
             tls_handshake_timeout_ms: default_header_timeout(),
+            discard_body_max_bytes: default_discard_bytes(),
+            discard_body_timeout_ms: default_header_timeout(),
         }
     }
 }
@@ -568,8 +583,8 @@ impl Default for SecurityHeadersConf {
     }
 }
 
-/// A JWT issuer the gateway trusts. Exactly one key source: `jwks_url`, `jwks_file`,
-/// `key_file` (PEM public key) or `secret_file` (HMAC secret, ≥ 32 bytes).
+/// A JWT issuer the gateway trusts. Exactly one key source: `jwks_url`, `discovery` (OIDC),
+/// `jwks_file`, `key_file` (PEM public key) or `secret_file` (HMAC secret, ≥ 32 bytes).
 #[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtProviderConf {
@@ -588,6 +603,19 @@ pub struct JwtProviderConf {
     /// an unknown `kid`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// OIDC discovery: read `{issuer}/.well-known/openid-configuration`, require its `issuer`
+    /// to equal `issuer` exactly, and use its `jwks_uri` (re-read at every JWKS refresh).
+    /// Default false.
+    #[serde(default)]
+    pub discovery: bool,
+    /// PEM CA bundle trusted for `jwks_url` / `discovery` instead of the platform's trust
+    /// store (a private CA). Default: the platform's roots (`/etc/ssl/certs` and the like).
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// Allow a plain `http://` JWKS or issuer URL on a non-loopback host. Anyone on the path
+    /// could then swap the keys the gateway trusts. Default false (loopback is always allowed).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// JWKS from a file.
     #[serde(default)]
     pub jwks_file: Option<Spanned<String>>,
@@ -628,6 +656,13 @@ pub struct JwtProviderConf {
     /// `realm` in `WWW-Authenticate`. Default `api`.
     #[serde(default = "default_realm")]
     pub realm: String,
+}
+
+impl JwtProviderConf {
+    /// Keys come over the network (`jwks_url` or `discovery`), not from a file.
+    pub fn is_remote(&self) -> bool {
+        self.jwks_url.is_some() || self.discovery
+    }
 }
 
 fn default_algorithms() -> Vec<String> {

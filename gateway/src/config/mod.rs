@@ -256,10 +256,10 @@ fn build(
     // JWT providers: reused while unchanged so JWKS and token cache survive a reload.
     let mut providers: HashMap<String, Arc<crate::auth::JwtProvider>> = HashMap::new();
     for (name, pc) in &conf.jwt_providers {
-        let file_based = pc.get_ref().jwks_url.is_none();
+        let file_based = !pc.get_ref().is_remote();
         let reused = previous
             .and_then(|p| p.jwt_providers.get(name))
-            .filter(|p| !file_based && p.conf == *pc.get_ref())
+            .filter(|p| !file_based && p.conf == *pc.get_ref() && p.trust_unchanged(base))
             .cloned();
         match reused {
             Some(p) => {
@@ -276,7 +276,14 @@ fn build(
                         .as_ref()
                         .or(pc.get_ref().key_file.as_ref())
                         .or(pc.get_ref().secret_file.as_ref())
-                        .filter(|_| matches!(e, crate::auth::ProviderError::Key(_)))
+                        .or(pc.get_ref().ca_file.as_ref())
+                        .filter(|_| {
+                            matches!(
+                                e,
+                                crate::auth::ProviderError::Key(_)
+                                    | crate::auth::ProviderError::CaFile(_)
+                            )
+                        })
                         .map_or_else(|| src.problem(pc, ""), |f| src.problem(f, ""))
                         .location;
                     problems.push(Problem {
@@ -601,7 +608,7 @@ fn build(
     }
     for p in conf.jwt_providers.values() {
         let p = p.get_ref();
-        for f in [&p.jwks_file, &p.key_file, &p.secret_file]
+        for f in [&p.jwks_file, &p.key_file, &p.secret_file, &p.ca_file]
             .into_iter()
             .flatten()
         {
@@ -669,6 +676,10 @@ fn build(
             max_connections_per_ip: conf.limits.max_connections_per_ip,
             tls_handshake_timeout: (conf.limits.tls_handshake_timeout_ms > 0)
                 .then(|| std::time::Duration::from_millis(conf.limits.tls_handshake_timeout_ms)),
+            discard_body_max_bytes: conf.limits.discard_body_max_bytes,
+            discard_body_timeout: std::time::Duration::from_millis(
+                conf.limits.discard_body_timeout_ms,
+            ),
         },
         trusted_proxies,
         rate_policies,

@@ -291,6 +291,17 @@ pub fn check(file: &Path) -> (bool, String) {
 /// Starts the gateway with `conf` (already containing the port sections) and waits until
 /// HTTPS and admin accept.
 pub fn start_gateway(dir: &Path, ports: &Ports, conf: &str, ca_pem: &str) -> Gateway {
+    start_gateway_with_env(dir, ports, conf, ca_pem, &[])
+}
+
+/// [`start_gateway`] with extra environment variables for the process.
+pub fn start_gateway_with_env(
+    dir: &Path,
+    ports: &Ports,
+    conf: &str,
+    ca_pem: &str,
+    env: &[(&str, &str)],
+) -> Gateway {
     let file = dir.join("gateway.toml");
     std::fs::write(&file, conf).expect("write conf");
     let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
@@ -299,6 +310,7 @@ pub fn start_gateway(dir: &Path, ports: &Ports, conf: &str, ca_pem: &str) -> Gat
         .args(["run", "-c"])
         .arg(&file)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(access)
         .stderr(log)
         .spawn()

@@ -6,9 +6,9 @@ use crate::harness::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -30,7 +30,7 @@ fn get_headers(path: &str) -> Vec<u8> {
 }
 
 /// Reads frames for `window`: (type, flags, stream, payload) of each.
-async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
+pub(crate) async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
     s: &mut S,
     window: Duration,
 ) -> Vec<(u8, u8, u32, Vec<u8>)> {
@@ -89,7 +89,7 @@ async fn start(dir: &std::path::Path) -> (Gateway, Log, TestCerts) {
 }
 
 /// Opens an h2 connection and exchanges SETTINGS (ours empty, theirs acknowledged).
-async fn h2_connect(
+pub(crate) async fn h2_connect(
     gw: &Gateway,
     ca: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {

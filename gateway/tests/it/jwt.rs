@@ -550,3 +550,288 @@ async fn jwks_url_rotation_outage_and_readiness() {
         200
     );
 }
+
+/// A small identity provider over HTTPS (certificate `leaf`): `GET path` answers the JSON in
+/// `docs[path]`, anything else 404; one request per connection.
+async fn https_idp(
+    leaf: &gateway::certs::IssuedCert,
+    docs: Arc<Mutex<std::collections::HashMap<String, String>>>,
+) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let chain: Vec<_> = rustls_pemfile::certs(&mut leaf.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = rustls_pemfile::private_key(&mut leaf.key_pem.as_bytes())
+        .expect("key")
+        .expect("a key");
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, docs) = (acceptor.clone(), docs.clone());
+            tokio::spawn(async move {
+                // A client that does not trust us ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                let body = docs.lock().expect("docs").get(&path).cloned();
+                let resp = match body {
+                    Some(b) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                        b.len()
+                    ),
+                    None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_string(),
+                };
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// An HTTPS identity provider at `https://localhost:PORT/realms/x` (a Keycloak-style issuer)
+/// with its CA, publishing `key` through OIDC discovery.
+struct Idp {
+    ca_pem: String,
+    issuer: String,
+    docs: Arc<Mutex<std::collections::HashMap<String, String>>>,
+}
+
+async fn start_idp(key: &TestKey) -> Idp {
+    let ca = gateway::certs::DevCa::generate("idp test CA").expect("ca");
+    let leaf = ca.issue_for_days(&["localhost"], 30).expect("leaf");
+    let docs = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let port = https_idp(&leaf, docs.clone()).await;
+    let issuer = format!("https://localhost:{port}/realms/x");
+    {
+        let mut d = docs.lock().expect("docs");
+        d.insert(
+            "/realms/x/.well-known/openid-configuration".into(),
+            json!({"issuer": issuer, "jwks_uri": format!("{issuer}/protocol/openid-connect/certs"),
+                   "id_token_signing_alg_values_supported": ["EdDSA"]})
+            .to_string(),
+        );
+        d.insert(
+            "/realms/x/protocol/openid-connect/certs".into(),
+            json!({"keys": [key.jwk]}).to_string(),
+        );
+    }
+    Idp {
+        ca_pem: ca.cert_pem(),
+        issuer,
+        docs,
+    }
+}
+
+/// A gateway whose `/api` route is guarded by provider `idp` with the given key source lines.
+async fn start_with_provider(
+    dir: &Path,
+    issuer: &str,
+    source: &str,
+    env: &[(&str, &str)],
+) -> (Gateway, Log) {
+    let certs = TestCerts::new(dir);
+    let (backend, seen) = recording_backend().await;
+    let ports = Ports::new();
+    let conf = format!(
+        "{}{}{}\n[jwt_providers.idp]\nissuer = \"{issuer}\"\naudiences = [\"expenses-api\"]\n{source}\n{}",
+        ports.sections(dir),
+        tls_section(&certs),
+        pool("backend", &[backend.to_string()], ""),
+        api_route("idp")
+    );
+    let gw = start_gateway_with_env(dir, &ports, &conf, &certs.ca_pem, env);
+    (gw, seen)
+}
+
+/// `/readyz` after the first fetch attempts: (status, body).
+async fn readiness_after_fetch(gw: &Gateway) -> (u16, Value) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = reqwest::get(gw.admin_url("/readyz")).await.expect("readyz");
+    (r.status().as_u16(), r.json().await.expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_discovery_over_https_with_a_private_ca_verifies_tokens() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = TestKey::new("idp-1");
+    let idp = start_idp(&key).await;
+    std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).expect("ca");
+    let (gw, seen) = start_with_provider(
+        dir.path(),
+        &idp.issuer,
+        "discovery = true\nca_file = \"idp-ca.pem\"",
+        &[],
+    )
+    .await;
+    gw.wait_ready().await;
+    let token = key.sign(&claims(json!({"iss": idp.issuer})));
+    let (status, _, _) = status_and_reason(&gw.client(), &gw.url("/api/expenses"), &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen.lock()
+            .expect("log")
+            .last()
+            .and_then(|s| s.header("x-auth-subject").map(str::to_string)),
+        Some("user-42".to_string())
+    );
+    // A token of another issuer is still refused.
+    let other = key.sign(&claims(json!({})));
+    let (status, reason, _) = status_and_reason(&gw.client(), &gw.url("/api/x"), &other).await;
+    assert_eq!((status, reason.as_str()), (401, "bad_issuer"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_over_https_trusts_the_platform_store_by_default() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = TestKey::new("idp-2");
+    let idp = start_idp(&key).await;
+    // The platform store of this process: a bundle holding the IdP's CA (as an operator would
+    // add a corporate CA to the image's store).
+    let bundle = dir.path().join("platform-bundle.pem");
+    std::fs::write(&bundle, &idp.ca_pem).expect("bundle");
+    let (gw, _) = start_with_provider(
+        dir.path(),
+        &idp.issuer,
+        &format!(
+            "jwks_url = \"{}/protocol/openid-connect/certs\"",
+            idp.issuer
+        ),
+        &[("SSL_CERT_FILE", bundle.to_str().expect("utf-8"))],
+    )
+    .await;
+    gw.wait_ready().await;
+    let token = key.sign(&claims(json!({"iss": idp.issuer})));
+    let (status, _, _) = status_and_reason(&gw.client(), &gw.url("/api/expenses"), &token).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_signed_by_an_untrusted_ca_leaves_the_gateway_unready_and_says_why() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = TestKey::new("idp-3");
+    let idp = start_idp(&key).await;
+    // ca_file names another CA than the one that signed the IdP's certificate.
+    let other = gateway::certs::DevCa::generate("not the idp CA").expect("ca");
+    std::fs::write(dir.path().join("wrong-ca.pem"), other.cert_pem()).expect("ca");
+    let (gw, seen) = start_with_provider(
+        dir.path(),
+        &idp.issuer,
+        "discovery = true\nca_file = \"wrong-ca.pem\"",
+        &[],
+    )
+    .await;
+    let (status, v) = readiness_after_fetch(&gw).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["jwt_providers"][0], "idp");
+    let why = v["jwks_errors"]["idp"].as_str().unwrap_or("").to_string();
+    assert!(why.contains("UnknownIssuer"), "{why}");
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).expect("log");
+    assert!(
+        log.contains("JWKS fetch failed") && log.contains("UnknownIssuer"),
+        "{log}"
+    );
+    // Requests are refused, never passed on unverified.
+    let token = key.sign(&claims(json!({"iss": idp.issuer})));
+    let (status, _, _) = status_and_reason(&gw.client(), &gw.url("/api/expenses"), &token).await;
+    assert_eq!(status, 401);
+    assert!(seen.lock().expect("log").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_document_naming_another_issuer_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = TestKey::new("idp-4");
+    let idp = start_idp(&key).await;
+    // An attacker-controlled (or misconfigured) document claiming another realm.
+    idp.docs.lock().expect("docs").insert(
+        "/realms/x/.well-known/openid-configuration".into(),
+        json!({"issuer": format!("{}-evil", idp.issuer),
+               "jwks_uri": format!("{}/protocol/openid-connect/certs", idp.issuer)})
+        .to_string(),
+    );
+    std::fs::write(dir.path().join("idp-ca.pem"), &idp.ca_pem).expect("ca");
+    let (gw, _) = start_with_provider(
+        dir.path(),
+        &idp.issuer,
+        "discovery = true\nca_file = \"idp-ca.pem\"",
+        &[],
+    )
+    .await;
+    let (status, v) = readiness_after_fetch(&gw).await;
+    assert_eq!(status, 503, "{v}");
+    let why = v["jwks_errors"]["idp"].as_str().unwrap_or("").to_string();
+    assert!(why.contains("-evil") && why.contains("refused"), "{why}");
+    let token = key.sign(&claims(json!({"iss": idp.issuer})));
+    let (status, _, _) = status_and_reason(&gw.client(), &gw.url("/api/x"), &token).await;
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn plain_http_key_sources_off_loopback_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let write = |name: &str, source: &str| {
+        let text = format!(
+            "{}{}\n[upstreams.backend]\npeers = [\"127.0.0.1:9\"]\n\
+             [jwt_providers.idp]\nissuer = \"https://idp.example.com\"\naudiences = [\"a\"]\n{source}\n{}",
+            Ports::new().sections(dir.path()),
+            tls_section(&certs),
+            api_route("idp"),
+        );
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).expect("write");
+        check(&f)
+    };
+    let (ok, out) = write("plain.toml", "jwks_url = \"http://idp.example.com/jwks\"");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("plain http") && out.contains("allow_insecure_http = true"),
+        "{out}"
+    );
+    let (ok, out) = write(
+        "allowed.toml",
+        "jwks_url = \"http://idp.example.com/jwks\"\nallow_insecure_http = true",
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = write("loopback.toml", "jwks_url = \"http://127.0.0.1:9/jwks\"");
+    assert!(ok, "{out}");
+    let (ok, out) = write(
+        "two.toml",
+        "jwks_url = \"https://idp.example.com/jwks\"\ndiscovery = true",
+    );
+    assert!(!ok && out.contains("exactly one of"), "{out}");
+    let (ok, out) = write(
+        "ca-without-remote.toml",
+        "key_file = \"missing.pem\"\nca_file = \"ca.pem\"",
+    );
+    assert!(!ok && out.contains("ca_file applies only"), "{out}");
+    let (ok, out) = write(
+        "not-pem.toml",
+        "discovery = true\nca_file = \"not-pem.toml\"",
+    );
+    assert!(!ok && out.contains("no PEM certificate"), "{out}");
+}

@@ -3,6 +3,7 @@
 mod api_edge;
 mod browser;
 mod config_check;
+mod early_answers;
 mod harness;
 mod http2;
 mod jwt;

@@ -145,6 +145,11 @@ async fn counters_move_by_exactly_the_traffic_and_access_lines_match() {
         delta("gateway_auth_rejections_total{provider=\"p\",reason=\"malformed\"}"),
         1.0
     );
+    // The tokenless 401 is counted too.
+    assert_eq!(
+        delta("gateway_auth_rejections_total{provider=\"p\",reason=\"missing\"}"),
+        1.0
+    );
     // Either the connect failed, or the health check had already taken the peer out.
     assert!(
         delta("gateway_upstream_errors_total{kind=\"connect\",pool=\"dead\"}")

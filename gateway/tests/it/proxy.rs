@@ -511,3 +511,66 @@ async fn trusted_proxy_forwarded_for_is_appended_and_names_the_client() {
     );
     assert_eq!(s.header("x-real-ip"), Some("203.0.113.7"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_pool_does_not_hold_up_the_health_checks_of_another() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let ports = Ports::new();
+    // A peer that accepts and never answers: each of its checks waits the 8 s read timeout.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stuck_addr = stuck.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stuck.accept().await {
+            held.push(s);
+        }
+    });
+    // A peer that counts its health checks.
+    let checks = Arc::new(AtomicUsize::new(0));
+    let c2 = checks.clone();
+    let router = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let c = c2.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let (quick, _) = serve_recorded(router).await;
+    let conf = format!(
+        "{}{}{}{}\n[[routes]]\nname = \"api\"\nprefix = \"/api\"\nkind = \"proxy\"\nupstream = \"quick\"\n\
+         \n[[routes]]\nname = \"slow\"\nprefix = \"/slow\"\nkind = \"proxy\"\nupstream = \"stuck\"\n",
+        ports.sections(dir.path()),
+        tls_section(&certs),
+        pool(
+            "stuck",
+            &[stuck_addr.to_string()],
+            "health_check_path = \"/healthz\"\nread_timeout_ms = 8000",
+        )
+        .replace("health_check_interval_ms = 500", "health_check_interval_ms = 8000"),
+        pool(
+            "quick",
+            &[quick.to_string()],
+            "health_check_path = \"/healthz\"",
+        )
+        .replace("health_check_interval_ms = 500", "health_check_interval_ms = 250"),
+    );
+    let _gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
+    // Let the first passes start (the stuck pool's hangs from here on).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = checks.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = checks.load(Ordering::Relaxed) - before;
+    // Every 250 ms over 3 s is 12; one after another, the stuck pool's 8 s pass allows ≤ 1.
+    assert!(
+        during >= 8,
+        "the quick pool was checked {during} times in 3 s while the other pool hung"
+    );
+}

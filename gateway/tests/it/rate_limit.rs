@@ -361,3 +361,130 @@ async fn two_gateways_share_one_quota_in_redis_and_fall_back_when_it_is_down() {
     assert_eq!(status(0).await, 200);
     assert_eq!(status(1).await, 429, "shared quota restored");
 }
+
+/// Sequential requests through `gw`: how many took longer than `limit`.
+async fn slower_than(gw: &Gateway, n: usize, limit: Duration) -> usize {
+    let c = gw.client();
+    let mut slow = 0;
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let s = c.get(gw.url("/api/x")).send().await.expect("req").status();
+        assert_eq!(s, 200, "the local fallback serves");
+        if t.elapsed() > limit {
+            slow += 1;
+        }
+    }
+    slow
+}
+
+/// Waits until a request is decided by Redis again (no store error counted for it).
+async fn wait_store_back(gw: &Gateway) {
+    let series = "gateway_rate_limit_store_errors_total{policy=\"shared\"}";
+    let t = std::time::Instant::now();
+    loop {
+        let before = metric(gw, series).await;
+        let s = gw.get_status("/api/x").await;
+        if s == 200 && metric(gw, series).await == before {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "Redis never used again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Rate-limit script calls this Redis process has answered.
+fn redis_script_calls(port: u16) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_or_stopped_redis_costs_at_most_one_timeout_then_sharing_resumes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let rport = free_port();
+    let redis = Redis::start(rport);
+    let (backend, _) = recording_backend().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let ports = Ports::new();
+    let policy = format!(
+        "[rate_limits.shared]\nkey = \"client_ip\"\nquota = 100000\nper = \"minute\"\nburst = 100000\n\
+         store = \"redis\"\nredis_url = \"redis://127.0.0.1:{rport}\"\non_store_error = \"local\"\n"
+    );
+    let text = conf(
+        dir.path(),
+        &ports,
+        &certs,
+        &backend.to_string(),
+        &policy,
+        "rate_limits = [\"shared\"]",
+    );
+    let gw = Arc::new(start_gateway(dir.path(), &ports, &text, &certs.ca_pem));
+    wait_store_back(&gw).await;
+    assert!(redis_script_calls(rport) > 0, "decided in Redis");
+    // Background load on other connections for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let c = gw.client();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = c.get(gw.url("/api/load")).send().await;
+            }
+        }));
+    }
+    // The store's own bound (shared_store::STORE_TIMEOUT) plus room for a slow debug build.
+    let limit = Duration::from_millis(250);
+
+    // Frozen: the connection stays open, nothing answers.
+    let pid = redis.0.id().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+    };
+    signal("-STOP");
+    let slow = slower_than(&gw, 50, limit).await;
+    assert!(slow <= 1, "{slow} of 50 requests waited on a frozen Redis");
+    signal("-CONT");
+    wait_store_back(&gw).await;
+
+    // Stopped: connections refused.
+    drop(redis);
+    let slow = slower_than(&gw, 50, limit).await;
+    assert!(slow <= 1, "{slow} of 50 requests waited on a stopped Redis");
+
+    // Restarted (empty): the probe reconnects and quotas are shared again.
+    let _redis = Redis::start(rport);
+    wait_store_back(&gw).await;
+    assert!(redis_script_calls(rport) > 0, "decided in the new Redis");
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).expect("log");
+    assert!(
+        log.matches("rate-limit store unavailable").count() <= 4,
+        "one warning per outage, not one per request:\n{log}"
+    );
+}
