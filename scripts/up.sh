@@ -19,7 +19,7 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-AUTH_MODE=gateway ./target/release/backend --listen 127.0.0.1:8000 --db data/backend.db --keys-dir data/keys \
+AUTH_MODE=gateway IDENTITY_KEY_FILE=certs/dev/identity.key ./target/release/backend --listen 127.0.0.1:8000 --db data/backend.db --keys-dir data/keys \
   >data/backend.log 2>&1 &
 pids+=($!)
 ./target/release/gateway run -c conf/gateway.toml >data/gateway.log 2>&1 &

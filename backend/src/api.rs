@@ -18,9 +18,39 @@ use std::collections::BTreeMap;
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
-/// The router with every route.
+/// The router with every route, `/metrics` included.
 pub fn router(state: AppState) -> Router {
+    routes(true).layer_and_state(state)
+}
+
+/// The API without `/metrics` (served on its own listener, `BACKEND_METRICS_LISTEN`, so a
+/// network policy can open metrics to monitoring without opening the API).
+pub fn api_router(state: AppState) -> Router {
+    routes(false).layer_and_state(state)
+}
+
+/// Only `/metrics`.
+pub fn metrics_router(state: AppState) -> Router {
     Router::new()
+        .route("/metrics", get(crate::observe::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+}
+
+trait Finish {
+    fn layer_and_state(self, state: AppState) -> Router;
+}
+
+impl Finish for Router<AppState> {
+    fn layer_and_state(self, state: AppState) -> Router {
+        self.fallback(|| async { ApiError::NotFound })
+            .layer(axum::middleware::from_fn(crate::observe::track))
+            .with_state(state)
+    }
+}
+
+fn routes(with_metrics: bool) -> Router<AppState> {
+    let r = Router::new()
         .route("/api/auth/register", post(register))
         .route("/api/auth/login", post(login))
         .route("/api/me", get(me))
@@ -32,11 +62,12 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/api/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::observe::metrics))
-        .fallback(|| async { ApiError::NotFound })
-        .layer(axum::middleware::from_fn(crate::observe::track))
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        r.route("/metrics", get(crate::observe::metrics))
+    } else {
+        r
+    }
 }
 
 fn now() -> i64 {

@@ -153,13 +153,25 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match state.config.auth_mode {
-            AuthMode::Gateway => parts
-                .headers
-                .get("x-auth-subject")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.parse().ok())
-                .map(AuthUser)
-                .ok_or(ApiError::Unauthorized("missing_token")),
+            AuthMode::Gateway => {
+                // Only an identity the gateway signed (crate::identity); never a bare header.
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                match state.identity.verify(parts, now) {
+                    Ok(subject) => subject
+                        .parse()
+                        .map(AuthUser)
+                        .map_err(|_| ApiError::Unauthorized("invalid_identity")),
+                    Err(crate::identity::Refused::Missing)
+                        if !parts.headers.contains_key("x-auth-subject") =>
+                    {
+                        Err(ApiError::Unauthorized("missing_token"))
+                    }
+                    Err(why) => {
+                        tracing::warn!(reason = %why, "identity headers refused");
+                        Err(ApiError::Unauthorized("invalid_identity"))
+                    }
+                }
+            }
             AuthMode::Token => {
                 let mut values = parts
                     .headers

@@ -1,7 +1,8 @@
 //! Token signing keys: Ed25519, one PKCS#8 PEM file per key in a directory.
 //!
-//! The newest key signs; the JWKS publishes the newest and the previous one so tokens signed
-//! just before a rotation keep verifying until they expire. A key file is named
+//! The newest active key signs (a new key waits `activation_secs` so every replica publishes
+//! it first); the JWKS publishes the keys not active yet, the signing key, and the previous
+//! ones whose tokens may still be valid. A key file is named
 //! `<kid>.pem` where the kid starts with the creation time, so names sort by age.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +22,8 @@ pub enum KeyError {
     },
     #[error("{path}: not an Ed25519 PKCS#8 key: {reason}")]
     BadKey { path: String, reason: String },
+    #[error("{0}: no signing key (read-only key directory: mount the keys Secret)")]
+    NoKey(String),
 }
 
 /// One signing key.
@@ -37,8 +40,10 @@ pub struct Key {
 
 /// The keys in use, newest first.
 pub struct KeyStore {
-    /// Newest first; at least one.
+    /// Newest first; at least one. All are published in the JWKS.
     pub keys: Vec<Key>,
+    /// Index of the signing key in `keys` (keys before it are published, not active yet).
+    signer: usize,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -108,25 +113,61 @@ fn created_at(path: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// How the key directory is used.
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    /// Token lifetime: a replaced key stays published this long (+ 60 s of skew).
+    pub token_ttl_secs: i64,
+    /// The directory is a mounted Secret shared by every replica: never create or write a key
+    /// there (a replica minting its own key would sign tokens the others do not publish).
+    pub read_only: bool,
+    /// A new key signs only once it is this old, so every replica has loaded and published it
+    /// in its JWKS before any token carries its kid (Secret propagation plus the reload
+    /// interval). 0 = at once (one replica, local use).
+    pub activation_secs: i64,
+}
+
+impl KeyPolicy {
+    /// One replica, keys created on demand, active at once.
+    pub fn local(token_ttl_secs: i64) -> Self {
+        Self {
+            token_ttl_secs,
+            read_only: false,
+            activation_secs: 0,
+        }
+    }
+}
+
 impl KeyStore {
-    /// Loads the keys in `dir`, creating the first one when there is none.
+    /// Loads the keys in `dir` (creating the first one when there is none, unless read-only).
     ///
-    /// The newest key signs. An older key stays published while tokens it signed may still be
-    /// valid: until `token_ttl_secs` (+ 60 s of clock skew) after the next key replaced it.
-    pub fn load_or_create(dir: &Path, token_ttl_secs: i64) -> Result<Self, KeyError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    /// The newest *active* key signs (see [`KeyPolicy::activation_secs`]); every newer key is
+    /// already published. An older key stays published while tokens it signed may still be
+    /// valid: until `token_ttl_secs` (+ 60 s of clock skew) after the next key took over.
+    pub fn load(dir: &Path, policy: &KeyPolicy) -> Result<Self, KeyError> {
+        if !policy.read_only {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
         let mut paths = list(dir)?;
         if paths.is_empty() {
+            if policy.read_only {
+                return Err(KeyError::NoKey(dir.display().to_string()));
+            }
             create_key(dir)?;
             paths = list(dir)?;
         }
         paths.sort();
         paths.reverse();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let mut keep = vec![paths[0].clone()];
-        for pair in paths.windows(2).take(4) {
-            let replaced_at = created_at(&pair[0]);
-            if replaced_at + token_ttl_secs + 60 > now {
+        let active = |p: &PathBuf| created_at(p) + policy.activation_secs <= now;
+        // Newest first: the keys not active yet, then the signing key (the newest active one,
+        // or the oldest key when none is active yet, e.g. a first deploy), then the retired
+        // ones still needed for verification.
+        let signer = paths.iter().position(active).unwrap_or(paths.len() - 1);
+        let mut keep: Vec<PathBuf> = paths[..=signer].to_vec();
+        for pair in paths[signer..].windows(2).take(4) {
+            let replaced_at = created_at(&pair[0]) + policy.activation_secs;
+            if replaced_at + policy.token_ttl_secs + 60 > now {
                 keep.push(pair[1].clone());
             } else {
                 break;
@@ -136,7 +177,7 @@ impl KeyStore {
             .iter()
             .map(|p| load_key(p))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { keys })
+        Ok(Self { keys, signer })
     }
 
     /// Key ids, newest first.
@@ -146,7 +187,7 @@ impl KeyStore {
 
     /// The signing key.
     pub fn current(&self) -> &Key {
-        &self.keys[0]
+        &self.keys[self.signer]
     }
 
     /// A published key by id.
@@ -183,4 +224,44 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key file named as if created at `at` (Unix seconds).
+    fn key_at(dir: &Path, at: i64, n: u32) -> String {
+        let made = create_key(&dir.join("src")).expect("key");
+        let kid = format!("k{at:012}-{n:08x}");
+        std::fs::rename(made, dir.join(format!("{kid}.pem"))).expect("rename");
+        kid
+    }
+
+    #[test]
+    fn a_new_key_is_published_before_it_signs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let old = key_at(dir.path(), now - 1000, 1);
+        let new = key_at(dir.path(), now - 10, 2);
+        let policy = |activation_secs| KeyPolicy {
+            token_ttl_secs: 900,
+            read_only: true,
+            activation_secs,
+        };
+        let s = KeyStore::load(dir.path(), &policy(180)).expect("load");
+        assert_eq!(s.kids(), [new.as_str(), old.as_str()], "both published");
+        assert_eq!(s.current().kid, old, "the new key waits for its activation");
+        let s = KeyStore::load(dir.path(), &policy(0)).expect("load");
+        assert_eq!(s.current().kid, new, "no delay: the newest signs");
+        assert_eq!(
+            s.kids(),
+            [new.as_str(), old.as_str()],
+            "the old one stays while its tokens live"
+        );
+        // Long after the switch, the retired key leaves the JWKS.
+        let older = key_at(dir.path(), now - 5000, 3);
+        let s = KeyStore::load(dir.path(), &policy(0)).expect("load");
+        assert!(!s.kids().contains(&older.as_str()));
+    }
 }

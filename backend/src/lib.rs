@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod identity;
 pub mod keys;
 pub mod observe;
 
@@ -28,6 +29,11 @@ pub struct Config {
     pub token_ttl_secs: i64,
     /// Who verifies tokens.
     pub auth_mode: auth::AuthMode,
+    /// Key directory use: read-only (a mounted Secret) and the activation delay of new keys.
+    pub key_policy: keys::KeyPolicy,
+    /// `AUTH_MODE=gateway`: the file of shared keys the gateway signs identity headers with
+    /// (one per line; any verifies, so keys rotate without downtime). Required in that mode.
+    pub identity_key_file: Option<PathBuf>,
 }
 
 /// Shared handler state.
@@ -36,6 +42,8 @@ pub struct AppState {
     pub db: sqlx::AnyPool,
     pub keys: Arc<ArcSwap<keys::KeyStore>>,
     pub config: Arc<Config>,
+    /// Verifies the gateway's identity signatures (`AUTH_MODE=gateway`).
+    pub identity: Arc<identity::Verifier>,
 }
 
 /// Why the backend could not start.
@@ -45,6 +53,8 @@ pub enum StartError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Keys(#[from] keys::KeyError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityKeyError),
 }
 
 /// Opens the database and keys and builds the router.
@@ -55,11 +65,17 @@ pub async fn try_build(config: Config) -> Result<axum::Router, StartError> {
 /// Opens the database and keys.
 pub async fn try_state(config: Config) -> Result<AppState, StartError> {
     let (db, _engine) = db::connect(&config.database_url).await?;
-    let keys = keys::KeyStore::load_or_create(&config.keys_dir, config.token_ttl_secs)?;
+    let keys = keys::KeyStore::load(&config.keys_dir, &config.key_policy)?;
+    let identity = match (&config.auth_mode, &config.identity_key_file) {
+        (auth::AuthMode::Gateway, None) => return Err(identity::IdentityKeyError::Missing.into()),
+        (auth::AuthMode::Gateway, Some(f)) => identity::Verifier::from_file(f)?,
+        (auth::AuthMode::Token, _) => identity::Verifier::none(),
+    };
     Ok(AppState {
         db,
         keys: Arc::new(ArcSwap::from_pointee(keys)),
         config: Arc::new(config),
+        identity: Arc::new(identity),
     })
 }
 
@@ -67,9 +83,15 @@ impl AppState {
     /// Re-reads the key directory (after `backend rotate-key`); returns whether the published
     /// set changed.
     pub fn reload_keys(&self) -> Result<bool, keys::KeyError> {
-        let fresh =
-            keys::KeyStore::load_or_create(&self.config.keys_dir, self.config.token_ttl_secs)?;
-        let changed = fresh.kids() != self.keys.load().kids();
+        if let Some(f) = &self.config.identity_key_file {
+            if let Err(e) = self.identity.reload(f) {
+                tracing::warn!(error = %e, "identity keys not reloaded; keeping the current ones");
+            }
+        }
+        let fresh = keys::KeyStore::load(&self.config.keys_dir, &self.config.key_policy)?;
+        let current = self.keys.load();
+        let changed =
+            fresh.kids() != current.kids() || fresh.current().kid != current.current().kid;
         if changed {
             tracing::info!(kids = ?fresh.kids(), "signing keys reloaded");
             self.keys.store(Arc::new(fresh));

@@ -44,6 +44,31 @@ struct ServeArgs {
     /// Seconds between rescans of the key directory (picks up `rotate-key`); 0 = never.
     #[arg(long, env = "KEYS_RELOAD_SECS", default_value_t = 10)]
     keys_reload_secs: u64,
+    /// The key directory is a mounted Secret shared by every replica: never create a key
+    /// there; refuse to start without one.
+    #[arg(long, env = "BACKEND_KEYS_READ_ONLY", default_value_t = false)]
+    keys_read_only: bool,
+    /// A new key signs only once it is this many seconds old, so every replica publishes it
+    /// first (several replicas: Secret propagation + KEYS_RELOAD_SECS, e.g. 180).
+    #[arg(long, env = "KEY_ACTIVATION_SECS", default_value_t = 0)]
+    key_activation_secs: i64,
+    /// AUTH_MODE=gateway: file of keys (one per line, ≥ 32 bytes) the gateway signs identity
+    /// headers with (its `[identity] signing_key_file`). Required in that mode.
+    #[arg(long, env = "IDENTITY_KEY_FILE")]
+    identity_key_file: Option<PathBuf>,
+    /// Serve `/metrics` on this address only (not on the API listener). Default: on the API.
+    #[arg(long, env = "BACKEND_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+}
+
+impl ServeArgs {
+    fn key_policy(&self) -> backend::keys::KeyPolicy {
+        backend::keys::KeyPolicy {
+            token_ttl_secs: self.token_ttl_secs,
+            read_only: self.keys_read_only,
+            activation_secs: self.key_activation_secs,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -85,6 +110,8 @@ async fn main() -> ExitCode {
             }
         };
     }
+    let key_policy = a.key_policy();
+    let (listen, metrics_listen) = (a.listen.clone(), a.metrics_listen.clone());
     let config = backend::Config {
         database_url: a
             .database_url
@@ -94,8 +121,17 @@ async fn main() -> ExitCode {
         audience: a.audience,
         token_ttl_secs: a.token_ttl_secs,
         auth_mode: a.auth_mode,
+        key_policy,
+        identity_key_file: a.identity_key_file,
     };
-    if let Err(e) = serve(config, &a.listen, a.keys_reload_secs).await {
+    if let Err(e) = serve(
+        config,
+        &listen,
+        metrics_listen.as_deref(),
+        a.keys_reload_secs,
+    )
+    .await
+    {
         eprintln!("backend: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -103,7 +139,7 @@ async fn main() -> ExitCode {
 }
 
 fn mint_tokens(a: &ServeArgs, count: u32, first: i64) -> ExitCode {
-    let keys = match backend::keys::KeyStore::load_or_create(&a.keys_dir, a.token_ttl_secs) {
+    let keys = match backend::keys::KeyStore::load(&a.keys_dir, &a.key_policy()) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("mint-tokens: {e}");
@@ -138,7 +174,12 @@ fn mint_tokens(a: &ServeArgs, count: u32, first: i64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn serve(config: backend::Config, listen: &str, reload_secs: u64) -> anyhow::Result<()> {
+async fn serve(
+    config: backend::Config,
+    listen: &str,
+    metrics_listen: Option<&str>,
+    reload_secs: u64,
+) -> anyhow::Result<()> {
     let state = backend::try_state(config).await?;
     if reload_secs > 0 {
         let st = state.clone();
@@ -152,7 +193,20 @@ async fn serve(config: backend::Config, listen: &str, reload_secs: u64) -> anyho
             }
         });
     }
-    let app = backend::api::router(state);
+    let app = match metrics_listen {
+        Some(addr) => {
+            let metrics = backend::api::metrics_router(state.clone());
+            let l = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(addr = %l.local_addr()?, "metrics listening");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, metrics).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+            backend::api::api_router(state)
+        }
+        None => backend::api::router(state),
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "backend listening");
     axum::serve(listener, app)

@@ -26,6 +26,11 @@ fn free_port() -> u16 {
 }
 
 async fn start(dir: &Path) -> Backend {
+    start_with(dir, &[]).await
+}
+
+/// The backend with extra environment variables.
+async fn start_with(dir: &Path, env: &[(&str, &str)]) -> Backend {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_backend"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -35,6 +40,7 @@ async fn start(dir: &Path) -> Backend {
         .arg(dir.join("keys"))
         .env("RUST_LOG", "warn")
         .env_remove("DATABASE_URL")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -442,4 +448,207 @@ async fn minted_tokens_are_distinct_and_accepted_by_the_api() {
     forged.push_str("AAAA");
     let r = get(forged).await.expect("get");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+const IDENTITY_KEY: &str = "a-shared-identity-key-for-the-backend-tests-0123456789";
+
+/// What the gateway sends: identity headers and their signature at time `t`.
+fn signed(
+    req: reqwest::RequestBuilder,
+    t: i64,
+    path: &str,
+    subject: &str,
+) -> reqwest::RequestBuilder {
+    let input =
+        backend::identity::mac_input(t, "GET", path, "rid-42", &[("x-auth-subject", subject)]);
+    let sig = hex::encode(backend::identity::sign(IDENTITY_KEY.as_bytes(), &input));
+    req.header("x-request-id", "rid-42")
+        .header("x-auth-subject", subject)
+        .header(
+            "x-auth-signature",
+            format!("v1 t={t} h=x-auth-subject s={sig}"),
+        )
+}
+
+#[tokio::test]
+async fn gateway_mode_accepts_only_identities_the_gateway_signed_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key_file = dir.path().join("identity.key");
+    std::fs::write(&key_file, format!("{IDENTITY_KEY}\n")).expect("key");
+    let b = start_with(
+        dir.path(),
+        &[
+            ("AUTH_MODE", "gateway"),
+            ("IDENTITY_KEY_FILE", key_file.to_str().expect("utf-8")),
+        ],
+    )
+    .await;
+    let c = Client::new();
+    // The first registered user gets id 1 (registration is public).
+    let r = c
+        .post(format!("{}/api/auth/register", b.base))
+        .json(&json!({"email": "gw@example.com", "password": "gateway-mode-pass"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let url = format!("{}/api/me", b.base);
+    // A bare identity header, as any pod that reaches the port could send it.
+    let r = c
+        .get(&url)
+        .header("x-auth-subject", "1")
+        .send()
+        .await
+        .expect("bare");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Signed by the gateway: accepted once.
+    let r = signed(c.get(&url), now, "/api/me", "1")
+        .send()
+        .await
+        .expect("signed");
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["email"], "gw@example.com");
+    // Replayed as captured: refused.
+    let r = signed(c.get(&url), now, "/api/me", "1")
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Stale, or signed with another key, or moved to another user: refused.
+    let r = signed(c.get(&url), now - 120, "/api/me", "1")
+        .send()
+        .await
+        .expect("stale");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = signed(c.get(&url), now + 1, "/api/me", "1")
+        .header("x-auth-subject", "2")
+        .send()
+        .await
+        .expect("forged");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let forged = hex::encode(backend::identity::sign(
+        b"a-key-the-attacker-made-up-0123456789abcdef",
+        &backend::identity::mac_input(now, "GET", "/api/me", "rid-42", &[("x-auth-subject", "1")]),
+    ));
+    let r = c
+        .get(&url)
+        .header("x-request-id", "rid-42")
+        .header("x-auth-subject", "1")
+        .header(
+            "x-auth-signature",
+            format!("v1 t={now} h=x-auth-subject s={forged}"),
+        )
+        .send()
+        .await
+        .expect("forged key");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn gateway_mode_without_an_identity_key_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_backend"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--db")
+        .arg(dir.path().join("db.sqlite"))
+        .arg("--keys-dir")
+        .arg(dir.path().join("keys"))
+        .env("AUTH_MODE", "gateway")
+        .env_remove("IDENTITY_KEY_FILE")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("IDENTITY_KEY_FILE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_can_live_on_their_own_listener() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mport = free_port();
+    let b = start_with(
+        dir.path(),
+        &[("BACKEND_METRICS_LISTEN", &format!("127.0.0.1:{mport}"))],
+    )
+    .await;
+    let c = Client::new();
+    let api = c
+        .get(format!("{}/metrics", b.base))
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(api.status(), StatusCode::NOT_FOUND, "not on the API port");
+    let m = c
+        .get(format!("http://127.0.0.1:{mport}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(m.status(), StatusCode::OK);
+    assert!(m
+        .text()
+        .await
+        .expect("text")
+        .contains("backend_requests_total"));
+}
+
+#[tokio::test]
+async fn a_read_only_key_directory_is_never_written_and_must_hold_a_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("dir");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_backend"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--db")
+            .arg(dir.path().join("db.sqlite"))
+            .arg("--keys-dir")
+            .arg(&keys)
+            .env("BACKEND_KEYS_READ_ONLY", "true")
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run")
+    };
+    let out = run();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no signing key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&keys).expect("ls").count(),
+        0,
+        "nothing created"
+    );
+    // With a key (as a mounted Secret holds it), it serves and publishes exactly that key.
+    let path = backend::keys::create_key(&keys).expect("key");
+    let kid = path
+        .file_stem()
+        .expect("stem")
+        .to_string_lossy()
+        .into_owned();
+    let b = start_with(
+        dir.path(),
+        &[
+            ("BACKEND_KEYS_READ_ONLY", "true"),
+            ("KEY_ACTIVATION_SECS", "180"),
+        ],
+    )
+    .await;
+    let jwks: Value = Client::new()
+        .get(format!("{}/.well-known/jwks.json", b.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
+    assert_eq!(std::fs::read_dir(&keys).expect("ls").count(), 1);
 }

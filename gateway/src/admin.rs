@@ -1,7 +1,8 @@
 //! Admin listener (default `127.0.0.1:9901`): metrics and probes, never exposed publicly.
 //!
-//! `GET /healthz` — the process answers; `GET /readyz` — every pool a route uses has a healthy
-//! peer and every JWT provider has keys (503 with a JSON reason otherwise, and while draining);
+//! `GET /healthz` — the process answers; `GET /readyz` — the gateway can serve: every JWT
+//! provider has had keys once (503 with a JSON reason otherwise, and while draining); pools
+//! without a healthy peer are listed (`pools_down`) but do not make it unready;
 //! `GET /metrics` — Prometheus text; `GET /config` — generation, content hash, loaded-at, last
 //! reload error; `POST /reload` — reload now. `/config` and `/reload` require the bearer token
 //! from `[admin] token_file` when one is configured.
@@ -154,6 +155,10 @@ impl ServeHttp for Admin {
                 br#"{"status":"not_ready","reason":"draining"}"#.to_vec(),
             ),
             "/readyz" => {
+                // Readiness means "this gateway can serve": the SPA, redirects and error pages
+                // do not need the backend, so a down pool keeps the gateway in the load
+                // balancer (`/api` answers a JSON 502/503 and `gateway_upstream_peer_healthy`
+                // alerts). Only JWT keys never loaded yet hold readiness back.
                 let rt = self.runtime.load();
                 let down = unready_pools(&rt);
                 let mut no_keys: Vec<&str> = rt
@@ -163,18 +168,14 @@ impl ServeHttp for Admin {
                     .map(|p| p.name.as_str())
                     .collect();
                 no_keys.sort();
-                if down.is_empty() && no_keys.is_empty() {
+                if no_keys.is_empty() {
+                    let body = serde_json::json!({"status": "ready", "pools_down": down});
                     respond(
                         StatusCode::OK,
                         "application/json",
-                        br#"{"status":"ready"}"#.to_vec(),
+                        body.to_string().into_bytes(),
                     )
                 } else {
-                    let reason = if down.is_empty() {
-                        "jwks not loaded"
-                    } else {
-                        "no healthy peer"
-                    };
                     // Why each provider without keys has none (e.g. an unknown CA).
                     let jwks_errors: serde_json::Map<String, serde_json::Value> = rt
                         .jwt_providers
@@ -184,8 +185,8 @@ impl ServeHttp for Admin {
                         .collect();
                     let body = serde_json::json!({
                         "status": "not_ready",
-                        "reason": reason,
-                        "pools": down,
+                        "reason": "jwks not loaded",
+                        "pools_down": down,
                         "jwt_providers": no_keys,
                         "jwks_errors": jwks_errors,
                     });

@@ -147,6 +147,9 @@ pub struct DevCerts {
     pub cert: PathBuf,
     /// Server key path.
     pub key: PathBuf,
+    /// Key the gateway signs identity headers with and the dev backend verifies them with
+    /// (`[identity] signing_key_file`, `IDENTITY_KEY_FILE`): 32 random bytes, hex.
+    pub identity_key: PathBuf,
     /// Whether anything was (re)written.
     pub changed: bool,
 }
@@ -164,12 +167,17 @@ pub fn ensure_dev(dir: &Path) -> Result<DevCerts, CertGenError> {
         ca: dir.join("ca.crt"),
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
+        identity_key: dir.join("identity.key"),
         changed: false,
     };
     let ca_key = dir.join("ca.key");
     // Several processes (parallel tests, the stack script) may race here: one lock file.
     let lock = dir.join(".lock");
     let _guard = LockFile::acquire(&lock)?;
+    if !out.identity_key.exists() {
+        let key = format!("{}\n", hex::encode(rand::random::<[u8; 32]>()));
+        write_atomic(&out.identity_key, key.as_bytes(), true)?;
+    }
     let existing = match (
         std::fs::read_to_string(&out.ca),
         std::fs::read_to_string(&ca_key),

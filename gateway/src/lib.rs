@@ -15,6 +15,7 @@ pub mod conn_guard;
 pub mod cors;
 pub mod headers;
 pub mod hygiene;
+pub mod identity;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

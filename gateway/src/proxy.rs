@@ -373,6 +373,32 @@ impl ProxyHttp for Gateway {
                     .apply_request(h, &response::vars(ctx, route));
             }
         });
+        // Last: the signature covers the identity headers as they finally go out.
+        if let (Some(signer), Some(id)) = (&rt.identity_signer, &ctx.identity) {
+            let value = {
+                let mut names: Vec<&http::HeaderName> = id.headers.iter().map(|(n, _)| n).collect();
+                names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                names.dedup();
+                let h = &upstream_request.headers;
+                let signed: Vec<(&str, &[u8])> = names
+                    .iter()
+                    .filter_map(|n| h.get(*n).map(|v| (n.as_str(), v.as_bytes())))
+                    .collect();
+                let rid = h
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let pq = upstream_request
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                signer.signature(now, upstream_request.method.as_str(), pq, rid, &signed)
+            };
+            upstream_request.insert_header(crate::identity::SIGNATURE, value)?;
+        }
         Ok(())
     }
 

@@ -142,6 +142,8 @@ pub struct Runtime {
     pub jwt_providers: HashMap<String, Arc<crate::auth::JwtProvider>>,
     /// Identity headers removed from every client request.
     pub strip_headers: Vec<http::HeaderName>,
+    /// Signs the identity headers sent upstream (`[identity] signing_key_file`).
+    pub identity_signer: Option<Arc<crate::identity::IdentitySigner>>,
     /// Security headers for gateway-written responses.
     pub security_headers: crate::static_files::SecurityHeaders,
     /// Listener addresses (restart required to change).

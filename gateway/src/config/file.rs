@@ -706,6 +706,11 @@ pub struct IdentityConf {
     /// Default `["X-Auth-Subject", "X-Auth-Scopes", "X-Auth-Claims"]`.
     #[serde(default = "default_strip")]
     pub strip_headers: Vec<String>,
+    /// Key file (first line: the key, ≥ 32 bytes) to sign the identity headers sent upstream
+    /// with `X-Auth-Signature` (HMAC-SHA256 over method, path, request id, time and the
+    /// headers), for a backend that must not trust a bare `X-Auth-Subject`. Default: none.
+    #[serde(default)]
+    pub signing_key_file: Option<Spanned<String>>,
 }
 
 fn default_strip() -> Vec<String> {
@@ -720,6 +725,7 @@ impl Default for IdentityConf {
     fn default() -> Self {
         Self {
             strip_headers: default_strip(),
+            signing_key_file: None,
         }
     }
 }

@@ -304,6 +304,8 @@ fn build(
             }),
         }
     }
+    // A client's signature is never passed on (only the gateway signs).
+    strip_headers.push(crate::identity::SIGNATURE);
     // Identity headers a provider sets are always stripped from clients too.
     for p in providers.values() {
         for h in p.conf.claim_headers.values() {
@@ -650,6 +652,23 @@ fn build(
             }
         }
     };
+    let identity_signer = match &conf.identity.signing_key_file {
+        None => None,
+        Some(f) => {
+            let p = resolve(base, f.get_ref());
+            watch_files.push(p.clone());
+            match crate::identity::IdentitySigner::try_from_file(&p) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    problems.push(src.problem(
+                        f,
+                        format!("[identity] signing_key_file {}: {e}", p.display()),
+                    ));
+                    None
+                }
+            }
+        }
+    };
     let certs = cert_set?;
     if !problems.is_empty() {
         return None;
@@ -663,6 +682,7 @@ fn build(
         security_headers,
         jwt_providers: providers,
         strip_headers,
+        identity_signer,
         limits: Limits {
             max_body_bytes: conf.limits.max_body_bytes,
             max_header_bytes: conf.limits.max_header_bytes,

@@ -163,6 +163,8 @@ pub async fn expense_backend(dir: &Path) -> (SocketAddr, Log) {
         audience: "expenses-api".into(),
         token_ttl_secs: 900,
         auth_mode: backend::auth::AuthMode::Token,
+        key_policy: backend::keys::KeyPolicy::local(900),
+        identity_key_file: None,
     };
     let router = backend::try_build(config).await.expect("backend");
     serve_recorded(router).await

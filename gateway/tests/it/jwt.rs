@@ -427,6 +427,13 @@ async fn jwks_server(state: backend::AppState, down: Arc<Mutex<bool>>) -> std::n
 async fn jwks_url_rotation_outage_and_readiness() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::new(dir.path());
+    // The gateway signs the identity headers; the backend (gateway mode) accepts only those.
+    let identity_key = dir.path().join("identity.key");
+    std::fs::write(
+        &identity_key,
+        "a-shared-identity-key-for-the-rotation-test-0123\n",
+    )
+    .expect("identity key");
     let config = backend::Config {
         database_url: backend::db::sqlite_url(&dir.path().join("api.db").display().to_string()),
         keys_dir: dir.path().join("keys"),
@@ -434,6 +441,8 @@ async fn jwks_url_rotation_outage_and_readiness() {
         audience: "expenses-api".into(),
         token_ttl_secs: 900,
         auth_mode: backend::auth::AuthMode::Gateway,
+        key_policy: backend::keys::KeyPolicy::local(900),
+        identity_key_file: Some(identity_key.clone()),
     };
     let state = backend::try_state(config).await.expect("backend");
     let (backend_addr, seen) = serve_recorded(backend::api::router(state.clone())).await;
@@ -442,7 +451,8 @@ async fn jwks_url_rotation_outage_and_readiness() {
     let ports = Ports::new();
     let conf = format!(
         "{}{}{}\n[jwt_providers.backend]\nissuer = \"https://localhost\"\naudiences = [\"expenses-api\"]\n\
-         jwks_url = \"http://{jwks}/jwks.json\"\njwks_refetch_cooldown_seconds = 1\njwks_refresh_seconds = 3600\n{}",
+         jwks_url = \"http://{jwks}/jwks.json\"\njwks_refetch_cooldown_seconds = 1\njwks_refresh_seconds = 3600\n\
+         [identity]\nsigning_key_file = \"identity.key\"\n{}",
         ports.sections(dir.path()),
         tls_section(&certs),
         pool("backend", &[backend_addr.to_string()], ""),
@@ -492,11 +502,10 @@ async fn jwks_url_rotation_outage_and_readiness() {
     let v: Value = me.json().await.expect("json");
     assert_eq!(v["email"], "rot@example.com");
     // The backend (gateway mode) took the user from X-Auth-Subject.
-    assert!(seen
-        .lock()
-        .expect("log")
-        .iter()
-        .any(|s| s.uri == "/api/me" && s.header("x-auth-subject").is_some()));
+    assert!(seen.lock().expect("log").iter().any(|s| s.uri == "/api/me"
+        && s.header("x-auth-subject").is_some()
+        && s.header("x-auth-signature")
+            .is_some_and(|v| v.starts_with("v1 t="))));
 
     // Rotate: the new kid is unknown to the gateway until it refetches on first sight.
     std::thread::sleep(Duration::from_millis(1100)); // kids carry the creation second

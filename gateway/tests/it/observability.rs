@@ -206,48 +206,70 @@ async fn counters_move_by_exactly_the_traffic_and_access_lines_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_follows_pool_health() {
+async fn a_down_pool_is_reported_but_keeps_the_gateway_ready() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::new(dir.path());
     let port = free_port();
     let ports = Ports::new();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).expect("site");
+    std::fs::write(site.join("index.html"), "<title>app</title>").expect("index");
     let conf = format!(
-        "{}{}{}\n[[routes]]\nname = \"api\"\nprefix = \"/api\"\nkind = \"proxy\"\nupstream = \"backend\"\n",
+        "{}{}{}
+[[routes]]
+name = \"api\"\nprefix = \"/api\"\nkind = \"proxy\"\nupstream = \"backend\"\n\
+         [[routes]]\nname = \"web\"\nprefix = \"/\"\nkind = \"static\"\nroot = \"{}\"\n",
         ports.sections(dir.path()),
         tls_section(&certs),
         pool("backend", &[format!("127.0.0.1:{port}")], ""),
+        site.display()
     );
     let gw = start_gateway(dir.path(), &ports, &conf, &certs.ca_pem);
-    let ready = || async {
-        reqwest::get(gw.admin_url("/readyz"))
-            .await
-            .expect("readyz")
-            .status()
-            .as_u16()
+    let readiness = || async {
+        let r = reqwest::get(gw.admin_url("/readyz")).await.expect("readyz");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.expect("json"))
     };
+    let healthy =
+        format!("gateway_upstream_peer_healthy{{peer=\"127.0.0.1:{port}\",pool=\"backend\"}}");
+    // The backend is down: the pool is reported (body and metric), the gateway stays ready
+    // and keeps serving the SPA while /api answers a JSON 502.
     let t = Instant::now();
-    while ready().await != 503 {
+    loop {
+        let (status, v) = readiness().await;
+        assert_eq!(
+            status, 200,
+            "a down backend must not make the gateway unready: {v}"
+        );
+        if v["pools_down"][0] == "backend" {
+            break;
+        }
         assert!(
             t.elapsed() < Duration::from_secs(5),
-            "never reported the dead pool"
+            "never reported the dead pool: {v}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The peer comes up: ready within a couple of health-check intervals.
+    assert_eq!(get(&scrape(&gw).await, &healthy), 0.0);
+    assert_eq!(gw.get_status("/").await, 200);
+    assert_eq!(gw.get_status("/api/x").await, 502);
+    // The peer comes up: listed no more within a couple of health-check intervals.
     let _backend = serve_recorded_at(recording_router(), &format!("127.0.0.1:{port}")).await;
     let t = Instant::now();
-    while ready().await != 200 {
-        assert!(t.elapsed() < Duration::from_secs(5), "never became ready");
+    loop {
+        let (status, v) = readiness().await;
+        assert_eq!(status, 200);
+        if v["pools_down"].as_array().is_some_and(|a| a.is_empty()) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "pool never came back: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let m = scrape(&gw).await;
-    assert_eq!(
-        get(
-            &m,
-            &format!("gateway_upstream_peer_healthy{{peer=\"127.0.0.1:{port}\",pool=\"backend\"}}")
-        ),
-        1.0
-    );
+    assert_eq!(get(&scrape(&gw).await, &healthy), 1.0);
+    assert_eq!(gw.get_status("/api/x").await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

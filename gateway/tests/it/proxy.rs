@@ -219,12 +219,13 @@ async fn all_peers_down_is_a_fast_json_502() {
         assert_eq!(v["error"], "bad_gateway");
         assert_eq!(v["request_id"], rid.as_str());
     }
-    // Readiness reports the pool down once the health check ran.
+    // Readiness lists the pool once the health check ran, and stays ready (the gateway can
+    // still serve everything but this pool).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = reqwest::get(gw.admin_url("/readyz")).await.expect("readyz");
-    assert_eq!(r.status(), 503);
+    assert_eq!(r.status(), 200);
     let v: Value = r.json().await.expect("json");
-    assert_eq!(v["pools"][0], "backend");
+    assert_eq!(v["pools_down"][0], "backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,9 +569,10 @@ async fn a_hanging_pool_does_not_hold_up_the_health_checks_of_another() {
     let before = checks.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = checks.load(Ordering::Relaxed) - before;
-    // Every 250 ms over 3 s is 12; one after another, the stuck pool's 8 s pass allows ≤ 1.
+    // Every 250 ms over 3 s is 12 (fewer on a loaded machine); one after another, the stuck
+    // pool's 8 s pass allows at most 1.
     assert!(
-        during >= 8,
+        during >= 4,
         "the quick pool was checked {during} times in 3 s while the other pool hung"
     );
 }
