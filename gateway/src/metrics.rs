@@ -311,9 +311,10 @@ pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     )
 });
 
-/// Config reloads by result.
+/// Config reloads by result. Both series exist at 0 from the start: `increase()` over a
+/// counter that appears only with its first reload would miss that reload.
 pub static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
-    register(
+    let v = register(
         IntCounterVec::new(
             Opts::new(
                 "gateway_config_reloads_total",
@@ -322,7 +323,11 @@ pub static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
             &["result"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
-    )
+    );
+    for result in ["success", "failure"] {
+        v.with_label_values(&[result]);
+    }
+    v
 });
 
 /// 1 when the last reload attempt succeeded.

@@ -165,6 +165,11 @@ async fn counters_move_by_exactly_the_traffic_and_access_lines_match() {
     assert!(get(&after, "gateway_tls_handshakes_total{version=\"TLSv1.3\"}") >= 1.0);
     assert!(get(&after, "process_resident_memory_bytes") > 0.0);
     assert_eq!(get(&after, "gateway_config_generation"), 1.0);
+    // Reload counters exist at 0 before any reload (so `increase()` sees the first one).
+    for result in ["success", "failure"] {
+        let series = format!("gateway_config_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(after.get(&series), Some(&0.0), "{series}");
+    }
     // Label values come only from config: no path ever becomes a label.
     assert!(after
         .keys()
