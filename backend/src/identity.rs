@@ -6,23 +6,30 @@
 //! query, request id and a timestamp:
 //!
 //! ```text
-//! X-Auth-Signature: v1 t=1764700000 h=x-auth-scopes,x-auth-subject s=<hex HMAC-SHA256>
-//! MAC input: "v1\n{t}\n{METHOD}\n{path?query}\n{x-request-id}\n" + "{name}:{value}\n" per name in h
+//! X-Auth-Signature: v1 t=1764700000 n=<32 hex, random> h=x-auth-scopes,x-auth-subject s=<hex>
+//! s = HMAC-SHA256(key, "v1\n{t}\n{n}\n{METHOD}\n{path?query}\n{x-request-id}\n"
+//!                      + "{name}:{value}\n" per name in h)
 //! ```
 //!
-//! A signature is accepted within [`WINDOW_SECS`] of its timestamp and once only: a replayed
-//! (or forged, stale, or partial) identity is refused with 401. The key file holds one key per
-//! line; any of them verifies, so a key is rotated by adding the new one here first, then
-//! switching the gateway, then removing the old one.
+//! A signature is accepted within [`WINDOW_SECS`] of its timestamp and once only by this
+//! process: a replayed (or forged, stale, or partial) identity is refused with 401. The random
+//! nonce keeps two identical requests in one second apart. Limits, by design: the seen set is
+//! per replica (a captured request could be replayed once on another replica within the
+//! window) and the body is not signed; the threat is anything that can reach the API port but
+//! cannot read pod-to-pod traffic — for more, use mTLS (a service mesh).
+//!
+//! The key file holds one key per line; any of them verifies, so a key is rotated by adding the
+//! new one here first, then switching the gateway, then removing the old one.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
-/// How far a signature's timestamp may be from this clock, seconds (each way).
-pub const WINDOW_SECS: i64 = 30;
+/// How far a signature's timestamp may be from this clock, seconds (each way): the gateway
+/// signs just before sending, and pods' clocks are NTP-synchronised.
+pub const WINDOW_SECS: i64 = 15;
 
 /// Shortest key accepted, bytes.
 const MIN_KEY: usize = 32;
@@ -56,8 +63,9 @@ pub enum Refused {
 /// Verifies identity signatures; keeps the signatures seen within the window.
 pub struct Verifier {
     keys: Mutex<Vec<Vec<u8>>>,
-    /// Signature → when it may be forgotten (Unix seconds).
-    seen: Mutex<HashMap<[u8; 32], i64>>,
+    /// Signatures seen, by their timestamp second: whole seconds are dropped once outside the
+    /// window, so a check costs a lookup, never a scan of everything seen.
+    seen: Mutex<BTreeMap<i64, HashSet<[u8; 32]>>>,
 }
 
 fn read_keys(path: &Path) -> Result<Vec<Vec<u8>>, IdentityKeyError> {
@@ -77,12 +85,14 @@ fn read_keys(path: &Path) -> Result<Vec<Vec<u8>>, IdentityKeyError> {
 /// The MAC input of a signature (shared format with the gateway's signer).
 pub fn mac_input(
     t: i64,
+    nonce: &str,
     method: &str,
     path_and_query: &str,
     request_id: &str,
     headers: &[(&str, &str)],
 ) -> Vec<u8> {
-    let mut m = format!("v1\n{t}\n{method}\n{path_and_query}\n{request_id}\n").into_bytes();
+    let mut m =
+        format!("v1\n{t}\n{nonce}\n{method}\n{path_and_query}\n{request_id}\n").into_bytes();
     for (n, v) in headers {
         m.extend_from_slice(n.as_bytes());
         m.push(b':');
@@ -107,7 +117,7 @@ impl Verifier {
     pub fn none() -> Self {
         Self {
             keys: Mutex::new(Vec::new()),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -115,7 +125,7 @@ impl Verifier {
     pub fn from_file(path: &Path) -> Result<Self, IdentityKeyError> {
         Ok(Self {
             keys: Mutex::new(read_keys(path)?),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -142,19 +152,22 @@ impl Verifier {
         if fields.next() != Some("v1") {
             return Err(Refused::Malformed);
         }
-        let (mut t, mut names, mut mac) = (None, None, None);
+        let (mut t, mut nonce, mut names, mut mac) = (None, None, None, None);
         for f in fields {
             match f.split_once('=') {
                 Some(("t", v)) => t = v.parse::<i64>().ok(),
+                Some(("n", v)) if v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    nonce = Some(v)
+                }
                 Some(("h", v)) => names = Some(v),
                 Some(("s", v)) => mac = hex::decode(v).ok().filter(|m| m.len() == 32),
                 _ => return Err(Refused::Malformed),
             }
         }
-        let (Some(t), Some(names), Some(mac)) = (t, names, mac) else {
+        let (Some(t), Some(nonce), Some(names), Some(mac)) = (t, nonce, names, mac) else {
             return Err(Refused::Malformed);
         };
-        if (now - t).abs() > WINDOW_SECS {
+        if now.abs_diff(t) > WINDOW_SECS.unsigned_abs() {
             return Err(Refused::Stale);
         }
         let names: Vec<&str> = names.split(',').collect();
@@ -171,6 +184,7 @@ impl Verifier {
             .map_or(parts.uri.path(), |p| p.as_str());
         let input = mac_input(
             t,
+            nonce,
             parts.method.as_str(),
             path,
             header("x-request-id").unwrap_or(""),
@@ -191,10 +205,10 @@ impl Verifier {
         let mut id = [0u8; 32];
         id.copy_from_slice(&mac);
         let mut seen = self.seen.lock().map_err(|_| Refused::Replayed)?;
-        if seen.len() > 100_000 {
-            seen.retain(|_, until| *until >= now);
-        }
-        if seen.insert(id, t + WINDOW_SECS).is_some() {
+        // Seconds before the window can no longer pass the time check: forget them.
+        let kept = seen.split_off(&(now - WINDOW_SECS));
+        *seen = kept;
+        if !seen.entry(t).or_default().insert(id) {
             return Err(Refused::Replayed);
         }
         header("x-auth-subject")
@@ -215,12 +229,31 @@ mod tests {
                 b"an-older-key-still-accepted-0123456789".to_vec(),
                 KEY.to_vec(),
             ]),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
         }
     }
 
+    const NONCE: &str = "0123456789abcdef0123456789abcdef";
+
     fn request(t: i64, subject: &str, path: &str, key: &[u8]) -> axum::http::request::Parts {
-        let input = mac_input(t, "GET", path, "rid-1", &[("x-auth-subject", subject)]);
+        request_n(t, NONCE, subject, path, key)
+    }
+
+    fn request_n(
+        t: i64,
+        nonce: &str,
+        subject: &str,
+        path: &str,
+        key: &[u8],
+    ) -> axum::http::request::Parts {
+        let input = mac_input(
+            t,
+            nonce,
+            "GET",
+            path,
+            "rid-1",
+            &[("x-auth-subject", subject)],
+        );
         let sig = hex::encode(sign(key, &input));
         axum::http::Request::builder()
             .uri(path)
@@ -228,7 +261,7 @@ mod tests {
             .header("x-auth-subject", subject)
             .header(
                 "x-auth-signature",
-                format!("v1 t={t} h=x-auth-subject s={sig}"),
+                format!("v1 t={t} n={nonce} h=x-auth-subject s={sig}"),
             )
             .body(())
             .expect("request")
@@ -248,9 +281,20 @@ mod tests {
             v.verify(&request(now, "7", "/api/me", KEY), now),
             Err(Refused::Replayed)
         );
+        // The same request again in the same second, signed anew (another nonce): accepted.
+        let other_nonce = "fedcba9876543210fedcba9876543210";
         assert_eq!(
-            v.verify(&request(now - 31, "7", "/api/x", KEY), now),
+            v.verify(&request_n(now, other_nonce, "7", "/api/me", KEY), now),
+            Ok("7".into())
+        );
+        assert_eq!(
+            v.verify(&request(now - 16, "7", "/api/x", KEY), now),
             Err(Refused::Stale)
+        );
+        assert_eq!(
+            v.verify(&request(i64::MIN, "7", "/api/x", KEY), now),
+            Err(Refused::Stale),
+            "no overflow on absurd timestamps"
         );
         assert_eq!(
             v.verify(
@@ -273,6 +317,13 @@ mod tests {
         assert_eq!(v.verify(&bare, now), Err(Refused::Missing));
         bare.headers
             .insert("x-auth-signature", "v1 t=1 s=zz".parse().expect("v"));
+        assert_eq!(v.verify(&bare, now), Err(Refused::Malformed));
+        bare.headers.insert(
+            "x-auth-signature",
+            format!("v1 t={now} h=x-auth-subject s={}", "0".repeat(64))
+                .parse()
+                .expect("v"),
+        );
         assert_eq!(v.verify(&bare, now), Err(Refused::Malformed));
         assert_eq!(
             Verifier::none().verify(&request(now, "7", "/q", KEY), now),

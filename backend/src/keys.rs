@@ -103,6 +103,19 @@ pub fn create_key(dir: &Path) -> Result<PathBuf, KeyError> {
     Ok(path)
 }
 
+/// Since when this replica has had the key: its creation time (in the kid) or, if later, when
+/// the file was written here. A Secret volume's files are written by the kubelet when the
+/// Secret reaches this node (all of them anew at every update), so a key becomes active only
+/// once *this* replica has held it for `activation_secs` — whenever the Secret was applied.
+fn held_since(path: &Path) -> i64 {
+    let written = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64);
+    created_at(path).max(written)
+}
+
 /// Creation time encoded in a kid (`k<unix seconds>-…`).
 fn created_at(path: &Path) -> i64 {
     path.file_stem()
@@ -159,14 +172,15 @@ impl KeyStore {
         paths.sort();
         paths.reverse();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let active = |p: &PathBuf| created_at(p) + policy.activation_secs <= now;
+        let active = |p: &PathBuf| held_since(p) + policy.activation_secs <= now;
         // Newest first: the keys not active yet, then the signing key (the newest active one,
-        // or the oldest key when none is active yet, e.g. a first deploy), then the retired
-        // ones still needed for verification.
+        // or the oldest key when none is active yet: a first deploy, or just after a Secret
+        // update rewrote every file — the oldest is the one every replica already publishes),
+        // then the retired ones still needed for verification.
         let signer = paths.iter().position(active).unwrap_or(paths.len() - 1);
         let mut keep: Vec<PathBuf> = paths[..=signer].to_vec();
         for pair in paths[signer..].windows(2).take(4) {
-            let replaced_at = created_at(&pair[0]) + policy.activation_secs;
+            let replaced_at = held_since(&pair[0]) + policy.activation_secs;
             if replaced_at + policy.token_ttl_secs + 60 > now {
                 keep.push(pair[1].clone());
             } else {
@@ -230,12 +244,23 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
 mod tests {
     use super::*;
 
-    /// A key file named as if created at `at` (Unix seconds).
+    /// A key file named as if created at `at` (Unix seconds), written at `at` too.
     fn key_at(dir: &Path, at: i64, n: u32) -> String {
         let made = create_key(&dir.join("src")).expect("key");
         let kid = format!("k{at:012}-{n:08x}");
-        std::fs::rename(made, dir.join(format!("{kid}.pem"))).expect("rename");
+        let path = dir.join(format!("{kid}.pem"));
+        std::fs::rename(made, &path).expect("rename");
+        set_written(&path, at);
         kid
+    }
+
+    fn set_written(path: &Path, at: i64) {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(t))
+            .expect("mtime");
     }
 
     #[test]
@@ -263,5 +288,23 @@ mod tests {
         let older = key_at(dir.path(), now - 5000, 3);
         let s = KeyStore::load(dir.path(), &policy(0)).expect("load");
         assert!(!s.kids().contains(&older.as_str()));
+        std::fs::remove_file(dir.path().join(format!("{older}.pem"))).expect("rm");
+        // A Secret update rewrites every file: the new key was created long ago (GitOps
+        // review), but this replica has only just received it — it must wait, and meanwhile the
+        // oldest key (which every replica publishes) signs.
+        let late = key_at(dir.path(), now - 3000, 4);
+        for kid in [&old, &new, &late] {
+            set_written(&dir.path().join(format!("{kid}.pem")), now);
+        }
+        let s = KeyStore::load(dir.path(), &policy(180)).expect("load");
+        assert_eq!(
+            s.current().kid,
+            late,
+            "the oldest key signs while none is held long enough"
+        );
+        assert!(
+            s.kids().contains(&new.as_str()),
+            "the newest is published meanwhile"
+        );
     }
 }

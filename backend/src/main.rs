@@ -38,7 +38,8 @@ struct ServeArgs {
     /// Token lifetime in seconds.
     #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 900)]
     token_ttl_secs: i64,
-    /// Who verifies bearer tokens: this service, or the gateway (trusting X-Auth-Subject).
+    /// Who verifies bearer tokens: this service, or the gateway (X-Auth-Subject accepted only
+    /// with the gateway's signature, see IDENTITY_KEY_FILE).
     #[arg(long, env = "AUTH_MODE", value_enum, default_value = "token")]
     auth_mode: AuthMode,
     /// Seconds between rescans of the key directory (picks up `rotate-key`); 0 = never.

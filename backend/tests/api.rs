@@ -452,23 +452,48 @@ async fn minted_tokens_are_distinct_and_accepted_by_the_api() {
 
 const IDENTITY_KEY: &str = "a-shared-identity-key-for-the-backend-tests-0123456789";
 
-/// What the gateway sends: identity headers and their signature at time `t`.
-fn signed(
-    req: reqwest::RequestBuilder,
+/// What the gateway sends: identity headers and their signature at time `t` with `nonce`,
+/// made with `key`, over `subject` (sent as `sent_subject`, normally the same).
+struct Signed<'a> {
     t: i64,
-    path: &str,
-    subject: &str,
-) -> reqwest::RequestBuilder {
-    let input =
-        backend::identity::mac_input(t, "GET", path, "rid-42", &[("x-auth-subject", subject)]);
-    let sig = hex::encode(backend::identity::sign(IDENTITY_KEY.as_bytes(), &input));
-    req.header("x-request-id", "rid-42")
-        .header("x-auth-subject", subject)
-        .header(
-            "x-auth-signature",
-            format!("v1 t={t} h=x-auth-subject s={sig}"),
-        )
+    nonce: &'a str,
+    key: &'a [u8],
+    subject: &'a str,
+    sent_subject: &'a str,
 }
+
+impl Signed<'_> {
+    fn of(t: i64, nonce: &str) -> Signed<'_> {
+        Signed {
+            t,
+            nonce,
+            key: IDENTITY_KEY.as_bytes(),
+            subject: "1",
+            sent_subject: "1",
+        }
+    }
+
+    fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let input = backend::identity::mac_input(
+            self.t,
+            self.nonce,
+            "GET",
+            "/api/me",
+            "rid-42",
+            &[("x-auth-subject", self.subject)],
+        );
+        let sig = hex::encode(backend::identity::sign(self.key, &input));
+        req.header("x-request-id", "rid-42")
+            .header("x-auth-subject", self.sent_subject)
+            .header(
+                "x-auth-signature",
+                format!("v1 t={} n={} h=x-auth-subject s={sig}", self.t, self.nonce),
+            )
+    }
+}
+
+const N1: &str = "00000000000000000000000000000001";
+const N2: &str = "00000000000000000000000000000002";
 
 #[tokio::test]
 async fn gateway_mode_accepts_only_identities_the_gateway_signed_once() {
@@ -493,6 +518,10 @@ async fn gateway_mode_accepts_only_identities_the_gateway_signed_once() {
         .expect("register");
     assert_eq!(r.status(), StatusCode::CREATED);
     let url = format!("{}/api/me", b.base);
+    let status = |s: Signed<'static>| {
+        let req = s.apply(c.get(&url));
+        async move { req.send().await.expect("request").status() }
+    };
     // A bare identity header, as any pod that reaches the port could send it.
     let r = c
         .get(&url)
@@ -503,47 +532,28 @@ async fn gateway_mode_accepts_only_identities_the_gateway_signed_once() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     // Signed by the gateway: accepted once.
-    let r = signed(c.get(&url), now, "/api/me", "1")
+    let r = Signed::of(now, N1)
+        .apply(c.get(&url))
         .send()
         .await
         .expect("signed");
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.expect("json");
     assert_eq!(v["email"], "gw@example.com");
-    // Replayed as captured: refused.
-    let r = signed(c.get(&url), now, "/api/me", "1")
-        .send()
-        .await
-        .expect("replay");
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    // Stale, or signed with another key, or moved to another user: refused.
-    let r = signed(c.get(&url), now - 120, "/api/me", "1")
-        .send()
-        .await
-        .expect("stale");
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = signed(c.get(&url), now + 1, "/api/me", "1")
-        .header("x-auth-subject", "2")
-        .send()
-        .await
-        .expect("forged");
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let forged = hex::encode(backend::identity::sign(
-        b"a-key-the-attacker-made-up-0123456789abcdef",
-        &backend::identity::mac_input(now, "GET", "/api/me", "rid-42", &[("x-auth-subject", "1")]),
-    ));
-    let r = c
-        .get(&url)
-        .header("x-request-id", "rid-42")
-        .header("x-auth-subject", "1")
-        .header(
-            "x-auth-signature",
-            format!("v1 t={now} h=x-auth-subject s={forged}"),
-        )
-        .send()
-        .await
-        .expect("forged key");
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Replayed as captured: refused. The same call signed anew (another nonce): accepted.
+    assert_eq!(status(Signed::of(now, N1)).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(Signed::of(now, N2)).await, StatusCode::OK);
+    // Stale, moved to another user, or signed with another key: refused.
+    assert_eq!(
+        status(Signed::of(now - 120, "00000000000000000000000000000003")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut moved = Signed::of(now, "00000000000000000000000000000004");
+    moved.sent_subject = "2";
+    assert_eq!(status(moved).await, StatusCode::UNAUTHORIZED);
+    let mut forged = Signed::of(now, "00000000000000000000000000000005");
+    forged.key = b"a-key-the-attacker-made-up-0123456789abcdef";
+    assert_eq!(status(forged).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

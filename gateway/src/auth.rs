@@ -494,7 +494,11 @@ impl Remote {
             }
             None => {
                 roots.add_parsable_certificates(PLATFORM_ROOTS.iter().cloned());
-                if roots.is_empty() {
+                // A plain-http source (loopback, or allowed) needs no trust store.
+                let https = match &source {
+                    RemoteSource::Jwks(u) | RemoteSource::Discovery(u) => u.scheme() == "https",
+                };
+                if roots.is_empty() && https {
                     return Err(ProviderError::NoRoots);
                 }
                 None
@@ -715,6 +719,27 @@ impl JwtProvider {
             (None, _) => true,
             (Some(disk), Some(held)) => disk.is_some() && disk == held,
             (Some(_), None) => false,
+        }
+    }
+
+    /// A rebuilt provider (its config changed, or its `ca_file` rotated) starts with the keys
+    /// its predecessor fetched when both fetch from the same place for the same issuer: a
+    /// reload must not make the gateway unready, nor refuse tokens, until the next fetch.
+    pub fn adopt_keys_from(&self, previous: &JwtProvider) {
+        let same_source = self.remote.is_some()
+            && previous.is_ready()
+            && previous.conf.issuer == self.conf.issuer
+            && previous.conf.jwks_url == self.conf.jwks_url
+            && previous.conf.discovery == self.conf.discovery;
+        if same_source && !self.is_ready() {
+            let keys = previous.keys.load_full();
+            self.generation.store(keys.generation, Ordering::Release);
+            self.keys.store(keys);
+            self.loaded.store(true, Ordering::Release);
+            self.last_success.store(
+                previous.last_success.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
         }
     }
 

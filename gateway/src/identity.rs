@@ -5,12 +5,14 @@
 //! the gateway adds, after every other header rule:
 //!
 //! ```text
-//! X-Auth-Signature: v1 t=<unix seconds> h=<signed names, sorted, comma-separated> s=<hex>
-//! s = HMAC-SHA256(key, "v1\n{t}\n{METHOD}\n{path?query}\n{x-request-id}\n" + "{name}:{value}\n"…)
+//! X-Auth-Signature: v1 t=<unix seconds> n=<32 hex, random> h=<signed names, sorted> s=<hex>
+//! s = HMAC-SHA256(key, "v1\n{t}\n{n}\n{METHOD}\n{path?query}\n{x-request-id}\n"
+//!                      + "{name}:{value}\n"…)
 //! ```
 //!
-//! The backend (`backend/src/identity.rs`) accepts it within 30 s and once only. A client's
-//! own `X-Auth-Signature` is always stripped.
+//! The backend (`backend/src/identity.rs`) accepts it within 15 s and once only (per replica);
+//! the nonce keeps two identical requests in one second apart. A client's own
+//! `X-Auth-Signature` is always stripped.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -60,7 +62,8 @@ impl IdentitySigner {
         Self::from_file_text(&std::fs::read(path).map_err(SignerError::Io)?)
     }
 
-    /// The `X-Auth-Signature` value over `signed` (name, value) pairs at time `t`.
+    /// The `X-Auth-Signature` value over `signed` (name, value) pairs at time `t`, with a
+    /// fresh random nonce.
     pub fn signature(
         &self,
         t: u64,
@@ -69,13 +72,35 @@ impl IdentitySigner {
         request_id: &str,
         signed: &[(&str, &[u8])],
     ) -> http::HeaderValue {
+        self.signature_with_nonce(
+            t,
+            &hex::encode(rand::random::<[u8; 16]>()),
+            method,
+            path_and_query,
+            request_id,
+            signed,
+        )
+    }
+
+    fn signature_with_nonce(
+        &self,
+        t: u64,
+        nonce: &str,
+        method: &str,
+        path_and_query: &str,
+        request_id: &str,
+        signed: &[(&str, &[u8])],
+    ) -> http::HeaderValue {
         let mut mac = self.mac.clone();
-        mac.update(format!("v1\n{t}\n{method}\n{path_and_query}\n{request_id}\n").as_bytes());
+        mac.update(
+            format!("v1\n{t}\n{nonce}\n{method}\n{path_and_query}\n{request_id}\n").as_bytes(),
+        );
         let mut names = String::new();
         for (i, (n, v)) in signed.iter().enumerate() {
             mac.update(n.as_bytes());
             mac.update(b":");
-            mac.update(v);
+            // As the backend's HTTP parser will see it: surrounding whitespace trimmed.
+            mac.update(v.trim_ascii());
             mac.update(b"\n");
             if i > 0 {
                 names.push(',');
@@ -84,7 +109,7 @@ impl IdentitySigner {
         }
         let s = hex::encode(mac.finalize().into_bytes());
         // Names are header names and `s` is hex: always a valid header value.
-        http::HeaderValue::from_str(&format!("v1 t={t} h={names} s={s}"))
+        http::HeaderValue::from_str(&format!("v1 t={t} n={nonce} h={names} s={s}"))
             .unwrap_or_else(|_| http::HeaderValue::from_static("v1 invalid"))
     }
 }
@@ -98,25 +123,32 @@ mod tests {
         let key = b"0123456789abcdef0123456789abcdef-identity";
         let signer = IdentitySigner::from_file_text(b"\n0123456789abcdef0123456789abcdef-identity\nold-key-still-accepted-by-backends-000\n")
             .expect("signer");
-        let v = signer.signature(
+        let nonce = "00112233445566778899aabbccddeeff";
+        let v = signer.signature_with_nonce(
             1_764_700_000,
+            nonce,
             "GET",
             "/api/me?x=1",
             "rid-1",
-            &[("x-auth-scopes", b"a b"), ("x-auth-subject", b"7")],
+            &[("x-auth-scopes", b" a b "), ("x-auth-subject", b"7")],
         );
         let text = v.to_str().expect("ascii");
         assert!(
-            text.starts_with("v1 t=1764700000 h=x-auth-scopes,x-auth-subject s="),
+            text.starts_with(
+                "v1 t=1764700000 n=00112233445566778899aabbccddeeff h=x-auth-scopes,x-auth-subject s="
+            ),
             "{text}"
         );
-        // Recomputed from the format as the backend does.
+        // Recomputed from the format as the backend does (values as its parser trims them).
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("key");
         mac.update(
-            b"v1\n1764700000\nGET\n/api/me?x=1\nrid-1\nx-auth-scopes:a b\nx-auth-subject:7\n",
+            b"v1\n1764700000\n00112233445566778899aabbccddeeff\nGET\n/api/me?x=1\nrid-1\nx-auth-scopes:a b\nx-auth-subject:7\n",
         );
         let want = hex::encode(mac.finalize().into_bytes());
         assert!(text.ends_with(&want));
+        // Two signatures of the same request differ (fresh nonces).
+        let sign = || signer.signature(1, "GET", "/", "r", &[("x-auth-subject", b"7")]);
+        assert_ne!(sign(), sign());
         assert!(IdentitySigner::from_file_text(b"short\n").is_err());
         assert!(IdentitySigner::from_file_text(b"\n\n").is_err());
     }

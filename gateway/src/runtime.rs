@@ -37,7 +37,8 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
     /// Deadline for a TLS handshake (`None`: pingora's 60 s).
     pub tls_handshake_timeout: Option<std::time::Duration>,
-    /// HTTP/2: body bytes read and dropped after an early answer before the stream is reset.
+    /// Body bytes read and dropped after an early answer (HTTP/2: before the stream is reset;
+    /// HTTP/1.1: before the connection closes).
     pub discard_body_max_bytes: u64,
     /// Time bound of that discarding.
     pub discard_body_timeout: std::time::Duration,

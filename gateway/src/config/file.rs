@@ -479,10 +479,12 @@ pub struct LimitsConf {
     /// closed when it passes. 0 = off (pingora's own 60 s remains). Default 10000.
     #[serde(default = "default_header_timeout")]
     pub tls_handshake_timeout_ms: u64,
-    /// HTTP/2: after an answer written before the request body was read (401, 403, 413, 429…),
-    /// read and drop at most this many more body bytes so a client still uploading sees its
-    /// stream end normally; past it (or `discard_body_timeout_ms`) the stream is reset with
-    /// NO_ERROR after the answer. 0 = reset at once. Default 67108864 (64 MiB).
+    /// After an answer written before the request body was read (401, 403, 413, 429…), read
+    /// and drop at most this many more body bytes so a client still uploading sees a normal
+    /// end: on HTTP/2 past it (or `discard_body_timeout_ms`) the stream is reset with NO_ERROR
+    /// after the answer; on HTTP/1.1 the connection closes after the discard (a lingering
+    /// close). 0 = no discard (HTTP/2: reset at once; HTTP/1.1: close at once, and unread bytes
+    /// may make the kernel reset the answer away). Default 67108864 (64 MiB).
     #[serde(default = "default_discard_bytes")]
     pub discard_body_max_bytes: u64,
     /// Time bound of that discarding, ms. Default 10000.

@@ -267,6 +267,9 @@ fn build(
             }
             None => match crate::auth::JwtProvider::try_from_conf(name, pc.get_ref(), base) {
                 Ok(p) => {
+                    if let Some(prev) = previous.and_then(|r| r.jwt_providers.get(name)) {
+                        p.adopt_keys_from(prev);
+                    }
                     providers.insert(name.clone(), Arc::new(p));
                 }
                 Err(e) => {

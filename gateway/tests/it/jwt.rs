@@ -844,3 +844,53 @@ fn plain_http_key_sources_off_loopback_are_refused_unless_allowed() {
     );
     assert!(!ok && out.contains("no PEM certificate"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_rebuilds_a_provider_keeps_its_keys_while_the_idp_is_down() {
+    use axum::routing::get;
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = TestKey::new("kept-1");
+    let down = Arc::new(Mutex::new(false));
+    let (jwks, d2) = (json!({"keys": [key.jwk]}).to_string(), down.clone());
+    let router = axum::Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let (jwks, down) = (jwks.clone(), d2.clone());
+            async move {
+                if *down.lock().expect("flag") {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new())
+                } else {
+                    (axum::http::StatusCode::OK, jwks)
+                }
+            }
+        }),
+    );
+    let idp = serve_recorded(router).await.0;
+    let source = |timeout: u32| {
+        format!("jwks_url = \"http://{idp}/jwks.json\"\njwks_timeout_ms = {timeout}")
+    };
+    let (gw, _) = start_with_provider(dir.path(), "https://issuer.test", &source(3000), &[]).await;
+    gw.wait_ready().await;
+    let token = key.sign(&claims(json!({})));
+    let (status, _, _) = status_and_reason(&gw.client(), &gw.url("/api/x"), &token).await;
+    assert_eq!(status, 200);
+    // The identity provider goes down; the provider's section changes (a new timeout), so the
+    // reload builds a new provider.
+    *down.lock().expect("flag") = true;
+    let file = dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&file).expect("conf");
+    write_atomic(&file, &text.replace(&source(3000), &source(2500)));
+    let (code, body) = admin_reload(&gw).await;
+    assert_eq!(code, 200, "{body}");
+    let r = reqwest::get(gw.admin_url("/readyz")).await.expect("readyz");
+    assert_eq!(
+        r.status(),
+        200,
+        "a reload must not make the gateway unready"
+    );
+    let (status, _, _) = status_and_reason(&gw.client(), &gw.url("/api/x"), &token).await;
+    assert_eq!(
+        status, 200,
+        "the keys fetched before the reload still verify"
+    );
+}
