@@ -18,17 +18,20 @@ each other, against the gateway config they ship and against the code:
   Secret keys of the documented Secret contract); Certificate secretName ↔ the gateway's TLS
   mount; Secrets mounted read-only;
 - shutdown: gateway terminationGracePeriodSeconds ≥ preStop sleep + [process]
-  readiness_drain_seconds + shutdown_grace_seconds;
+  readiness_drain_seconds + shutdown_grace_seconds + shutdown_timeout_seconds;
 - replicas: none where an HPA owns the Deployment, required elsewhere;
 - alerts: metric names against the names gateway/src/metrics.rs and backend/src/observe.rs
-  register, `up{job=…}` against the scraped Services, `promtool check rules` and
-  `promtool test rules` with one test per alert;
+  register, `up{job=…}` against the scraped Services, every selector scoped to the namespace
+  of this environment its series come from (`namespace="edge"` …: both environments share
+  the cluster's Prometheus), no critical severity in staging, `promtool check rules` and
+  `promtool test rules` for each environment's rendered rule with one test per alert;
 - Argo CD: one Application per environment, distinct namespaces and objects, production not
   on `main`, Namespaces and PVCs never pruned.
 
 `check_env` works on in-memory objects so k8s/mutations.py can break copies and assert each
 breakage is caught. Exit status 0 when everything passes; every problem is printed otherwise.
-`--sync-staging-config` rewrites overlays/staging/gateway.toml from the base file.
+`--sync-staging-config` rewrites overlays/staging/gateway.toml and prometheusrule.yaml from the
+base files (validate.py fails when they drift).
 """
 import copy, json, os, re, shutil, subprocess, sys, tempfile, tomllib
 from pathlib import Path, PurePosixPath
@@ -272,6 +275,51 @@ def derive_staging_config(base_text):
             .replace("https://expenses.example.com", f"https://{s['host']}"))
 
 
+# The staging copy of the alert rules: the production file with the staging namespaces in its
+# matchers and severity warning instead of critical (staging shares the cluster and its
+# Prometheus with production, but never pages).
+STAGING_SEVERITY = {"critical": "warning"}
+
+
+def staging_namespaces():
+    """Production namespace → staging namespace (edge → edge-staging, backend → …)."""
+    p, s = ENVIRONMENTS["production"], ENVIRONMENTS["staging"]
+    return {p[k]: s[k] for k in ("edge", "backend")}
+
+
+def derive_staging_rules(base_text):
+    header = ("# GENERATED from k8s/base/monitoring/prometheusrule.yaml with the staging namespaces and\n"
+              "# severities by `python3 k8s/validate.py --sync-staging-config`: edit the base file, then\n"
+              "# rerun it. A patch of the staging overlay: it replaces the base rule's groups (the\n"
+              "# metadata names the base object; the overlay's namespace patches rename it).\n")
+    body = base_text[base_text.index("apiVersion:"):]  # the base's comments describe production
+    for prod, stag in staging_namespaces().items():
+        body = body.replace(f'namespace="{prod}"', f'namespace="{stag}"')
+    for old, new in STAGING_SEVERITY.items():
+        body = body.replace(f"severity: {old}", f"severity: {new}")
+    return header + body
+
+
+def derive_staging_tests(tests):
+    """The promtool tests of the production rules, for the staging rules: namespaces swapped
+    (the other environment's series stay the other environment's), severities lowered."""
+    swap = staging_namespaces()
+    swap.update({v: k for k, v in swap.items()})
+    out = copy.deepcopy(tests)
+    for tc in out.get("tests") or []:
+        for s in tc.get("input_series") or []:
+            s["series"] = re.sub(r'namespace="([^"]*)"',
+                                 lambda m: f'namespace="{swap.get(m.group(1), m.group(1))}"', s["series"])
+        for at in tc.get("alert_rule_test") or []:
+            for a in at.get("exp_alerts") or []:
+                labels = a.get("exp_labels") or {}
+                if labels.get("namespace") in swap:
+                    labels["namespace"] = swap[labels["namespace"]]
+                if labels.get("severity") in STAGING_SEVERITY:
+                    labels["severity"] = STAGING_SEVERITY[labels["severity"]]
+    return out
+
+
 # ---------------------------------------------------------------- cross-reference checks
 
 def check_services(env, p):
@@ -508,18 +556,65 @@ def expr_metrics(expr):
     return out
 
 
-def check_alerts(env, p, scraped_jobs, metrics):
+SELECTOR = re.compile(r'(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{(?:[^}"]|"(?:[^"\\]|\\.)*")*\})?(\s*\()?')
+MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def expr_selectors(expr):
+    """The vector selectors of a PromQL expression: (metric name, [(label, op, value)])."""
+    e = re.sub(r"\[[^\]]*\]", "", expr)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    out = []
+    for m in SELECTOR.finditer(e):
+        if m.group(3) or m.group(1) in PROMQL_WORDS:
+            continue
+        out.append((m.group(1), MATCHER.findall(m.group(2) or "")))
+    return out
+
+
+def check_alerts(env, p, scraped_jobs, metrics, env_name=None):
     for pr in env.kind("PrometheusRule"):
         for g in (pr.get("spec") or {}).get("groups") or []:
             for r in g.get("rules") or []:
+                name = r.get("alert") or r.get("record")
                 expr = str(r.get("expr", ""))
                 for m in sorted(expr_metrics(expr) - metrics):
-                    p.append(f"alert {r.get('alert') or r.get('record')}: metric {m} is not "
+                    p.append(f"alert {name}: metric {m} is not "
                              "registered by gateway/src/metrics.rs or backend/src/observe.rs")
                 for job in re.findall(r'\bjob\s*=\s*"([^"]*)"', expr):
                     if job not in scraped_jobs:
-                        p.append(f"alert {r.get('alert')}: job {job!r} is no scraped Service "
+                        p.append(f"alert {name}: job {job!r} is no scraped Service "
                                  f"(ServiceMonitor job names: {sorted(scraped_jobs)})")
+                # Scoped to this environment: staging and production share the cluster's
+                # Prometheus, so every selector names the namespace its series come from.
+                for metric, matchers in expr_selectors(expr):
+                    want = alert_namespace(env, metric, matchers)
+                    ns = [v for k, op, v in matchers if k == "namespace" and op == "="]
+                    if not ns:
+                        p.append(f"alert {name}: selector {metric} has no namespace matcher: it "
+                                 f"sees every environment's series (add namespace=\"{want or '…'}\")")
+                    elif ns[0] not in env.namespaces:
+                        p.append(f"alert {name}: selector {metric} matches namespace {ns[0]!r}, "
+                                 f"not one of this environment's {sorted(env.namespaces)}")
+                    elif want and ns[0] != want:
+                        p.append(f"alert {name}: selector {metric} matches namespace {ns[0]!r}, "
+                                 f"but its series come from {want!r}")
+                severity = (r.get("labels") or {}).get("severity")
+                if r.get("alert") and env_name == "staging" and severity == "critical":
+                    p.append(f"alert {name}: severity critical in staging (staging alerts are "
+                             "warnings at most: they never page)")
+
+
+def alert_namespace(env, metric, matchers):
+    """Where a selector's series come from: the namespace of the Service a `job` matcher names,
+    or of the Deployment a metric's prefix names (gateway_…, backend_…); None when unknown."""
+    job = next((v for k, op, v in matchers if k == "job" and op == "="), None)
+    if job:
+        svc = next((s for s in env.kind("Service") if name_of(s) == job), None)
+        return ns_of(svc) if svc else None
+    w = next((w for w in env.workloads if w["kind"] == "Deployment"
+              and name_of(w) == metric.split("_", 1)[0]), None)
+    return ns_of(w) if w else None
 
 
 def check_scaling(env, p, env_name):
@@ -671,11 +766,18 @@ def check_gateway(env, p, env_name, gw, conf):
     # Shutdown budget.
     proc = conf.get("process") or {}
     sleep = ((((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep")) or {}).get("seconds", 0)
-    need = sleep + proc.get("readiness_drain_seconds", 5) + proc.get("shutdown_grace_seconds", 5)
+    # SIGTERM comes after the preStop sleep; the gateway keeps serving while /readyz says 503
+    # (readiness_drain_seconds), then pingora waits shutdown_grace_seconds before closing the
+    # listeners and up to shutdown_timeout_seconds more for in-flight requests. Defaults as
+    # gateway/src/config/file.rs (5, 5, 10).
+    drain, sgrace, stimeout = (proc.get("readiness_drain_seconds", 5), proc.get("shutdown_grace_seconds", 5),
+                               proc.get("shutdown_timeout_seconds", 10))
+    need = sleep + drain + sgrace + stimeout
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if grace < need:
         p.append(f"gateway: terminationGracePeriodSeconds {grace} < preStop {sleep} + "
-                 f"readiness_drain_seconds + shutdown_grace_seconds = {need}")
+                 f"readiness_drain_seconds {drain} + shutdown_grace_seconds {sgrace} + "
+                 f"shutdown_timeout_seconds {stimeout} = {need}")
     # Listeners ↔ container ports.
     for lname, port_name in (("https", "https"), ("http", "http"), ("admin", "admin")):
         addr = (conf.get("listeners") or {}).get(lname)
@@ -817,7 +919,7 @@ def check_env(env_name, objs, cluster_objs=(), metrics=None, schema=True):
     check_networkpolicies(env, p)
     check_flows(env, p, gw, conf)
     jobs = check_monitoring(env, p)
-    check_alerts(env, p, jobs, metrics if metrics is not None else registered_metrics())
+    check_alerts(env, p, jobs, metrics if metrics is not None else registered_metrics(), env_name)
     check_scaling(env, p, env_name)
     check_volumes(env, p, gw, conf)
     check_gateway(env, p, env_name, gw, conf)
@@ -865,34 +967,44 @@ def check_argo(rendered, p):
                  "(their prunes would fight)")
 
 
-def check_rules(rule_obj, p):
-    """promtool check + test rules; every alert has a firing unit test."""
-    tests_file = ROOT / "base/monitoring/tests/rules.test.yaml"
-    tests = yaml.safe_load(tests_file.read_text())
+def check_rules(env_name, rule_obj, p):
+    """promtool check + test rules of one environment's rendered rule (staging: the tests
+    derived from production's); every alert has a firing unit test."""
+    tests = yaml.safe_load((ROOT / "base/monitoring/tests/rules.test.yaml").read_text())
+    if env_name == "staging":
+        tests = derive_staging_tests(tests)
     alerts = {r["alert"] for g in rule_obj["spec"]["groups"] for r in g["rules"] if "alert" in r}
     tested = {t.get("alertname") for tc in tests.get("tests") or [] for t in tc.get("alert_rule_test") or []
               if t.get("exp_alerts")}
     for a in sorted(alerts - tested):
-        p.append(f"alert {a}: no promtool unit test where it fires (base/monitoring/tests/rules.test.yaml)")
+        p.append(f"{env_name}: alert {a}: no promtool unit test where it fires "
+                 "(base/monitoring/tests/rules.test.yaml)")
     if shutil.which("promtool") is None:
         p.append("promtool not installed (Debian package prometheus)")
         return
     with tempfile.TemporaryDirectory() as d:
         Path(d, "rules.yml").write_text(yaml.safe_dump({"groups": rule_obj["spec"]["groups"]}))
-        shutil.copy(tests_file, Path(d, "rules.test.yaml"))
+        Path(d, "rules.test.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
         for args in (["check", "rules", "rules.yml"], ["test", "rules", "rules.test.yaml"]):
             r = subprocess.run(["promtool", *args], capture_output=True, text=True, cwd=d)
             if r.returncode != 0:
-                p.append(f"promtool {' '.join(args)}: " + (r.stdout + r.stderr).strip())
+                p.append(f"{env_name}: promtool {' '.join(args)}: " + (r.stdout + r.stderr).strip())
             else:
-                print(f"promtool {args[0]} rules: ok")
+                print(f"{env_name}: promtool {args[0]} rules: ok")
+
+
+# Staging files generated from the base ones: (staging file, base file, derivation).
+GENERATED = [
+    ("overlays/staging/gateway.toml", "base/gateway/gateway.toml", derive_staging_config),
+    ("overlays/staging/prometheusrule.yaml", "base/monitoring/prometheusrule.yaml", derive_staging_rules),
+]
 
 
 def main():
     if "--sync-staging-config" in sys.argv:
-        text = derive_staging_config((ROOT / "base/gateway/gateway.toml").read_text())
-        (ROOT / "overlays/staging/gateway.toml").write_text(text)
-        print("overlays/staging/gateway.toml rewritten from base/gateway/gateway.toml")
+        for dst, src, derive in GENERATED:
+            (ROOT / dst).write_text(derive((ROOT / src).read_text()))
+            print(f"{dst} rewritten from {src}")
         return
     problems = []
     metrics = registered_metrics()
@@ -907,13 +1019,17 @@ def main():
         print(f"{env_name}: {len(objs)} objects rendered, schema-validated and cross-checked"
               f"{'' if found else ': ok'}")
     check_argo(rendered, problems)
-    staging_toml = (ROOT / "overlays/staging/gateway.toml").read_text()
-    if staging_toml != derive_staging_config((ROOT / "base/gateway/gateway.toml").read_text()):
-        problems.append("overlays/staging/gateway.toml differs from base/gateway/gateway.toml beyond "
-                        "the staging names: run `python3 k8s/validate.py --sync-staging-config`")
+    for dst, src, derive in GENERATED:
+        if (ROOT / dst).read_text() != derive((ROOT / src).read_text()):
+            problems.append(f"{dst} differs from {src} beyond the staging names: "
+                            "run `python3 k8s/validate.py --sync-staging-config`")
     json.loads((ROOT / "base/monitoring/gateway-dashboard.json").read_text())
-    rule = next(o for o in rendered["production"] if o.get("kind") == "PrometheusRule")
-    check_rules(rule, problems)
+    for env_name, objs in rendered.items():
+        rule = next((o for o in objs if o.get("kind") == "PrometheusRule"), None)
+        if rule is None:
+            problems.append(f"{env_name}: no PrometheusRule")
+        else:
+            check_rules(env_name, rule, problems)
     for p in problems:
         print("PROBLEM:", p)
     print(f"{len(problems)} problem(s)")
