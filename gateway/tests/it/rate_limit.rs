@@ -246,6 +246,15 @@ async fn users_behind_one_address_have_separate_subject_quotas() {
     );
 }
 
+/// Policy `shared`: `quota` a minute with `burst`, counted in the Redis on `rport`, local
+/// fallback.
+fn shared_policy(rport: u16, quota: u32, burst: u32) -> String {
+    format!(
+        "[rate_limits.shared]\nkey = \"client_ip\"\nquota = {quota}\nper = \"minute\"\nburst = {burst}\n\
+         store = \"redis\"\nredis_url = \"redis://127.0.0.1:{rport}\"\non_store_error = \"local\"\n"
+    )
+}
+
 /// A throwaway redis-server on a given port (no persistence), killed on drop.
 struct Redis(std::process::Child);
 
@@ -286,10 +295,7 @@ async fn two_gateways_share_one_quota_in_redis_and_fall_back_when_it_is_down() {
     let rport = free_port();
     let redis = Redis::start(rport);
     let (backend, _) = recording_backend().await;
-    let policy = format!(
-        "[rate_limits.shared]\nkey = \"client_ip\"\nquota = 1\nper = \"minute\"\nburst = 3\n\
-         store = \"redis\"\nredis_url = \"redis://127.0.0.1:{rport}\"\non_store_error = \"local\"\n"
-    );
+    let policy = shared_policy(rport, 1, 3);
     let mut gws = Vec::new();
     let mut dirs = Vec::new();
     for _ in 0..2 {
@@ -425,10 +431,7 @@ async fn a_frozen_or_stopped_redis_costs_at_most_one_timeout_then_sharing_resume
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::new(dir.path());
     let ports = Ports::new();
-    let policy = format!(
-        "[rate_limits.shared]\nkey = \"client_ip\"\nquota = 100000\nper = \"minute\"\nburst = 100000\n\
-         store = \"redis\"\nredis_url = \"redis://127.0.0.1:{rport}\"\non_store_error = \"local\"\n"
-    );
+    let policy = shared_policy(rport, 100_000, 100_000);
     let text = conf(
         dir.path(),
         &ports,
