@@ -107,11 +107,11 @@ fn bench_path_and_negotiation(c: &mut Criterion) {
     });
     c.bench_function("static/negotiate", |b| {
         b.iter(|| {
-            gateway::static_files::negotiate(black_box(Some("gzip, deflate, br, zstd")), true, true)
+            gateway::http::conneg::negotiate(black_box(Some("gzip, deflate, br, zstd")), true, true)
         })
     });
     c.bench_function("static/range", |b| {
-        b.iter(|| gateway::static_files::parse_range(black_box("bytes=100-199"), 4096))
+        b.iter(|| gateway::http::conneg::parse_range(black_box("bytes=100-199"), 4096))
     });
     let routes: Vec<gateway::route::Route> = ["/api", "/admin", "/.well-known/jwks.json", "/"]
         .iter()

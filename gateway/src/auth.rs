@@ -1079,7 +1079,7 @@ impl RoutePolicy {
         self.public.iter().any(|(m, p)| {
             m.as_ref().is_none_or(|m| m == method)
                 && match p.strip_suffix("/*") {
-                    Some(prefix) => crate::route::prefix_matches(prefix, path),
+                    Some(prefix) => crate::path::prefix_matches(prefix, path),
                     None => p == path,
                 }
         })

@@ -10,7 +10,7 @@
 //!
 //! For every other response the module is one idle enum per request: no parsing, no buffers.
 
-use crate::static_files::Encoding;
+use crate::http::conneg::Encoding;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::modules::http::{HttpModule, HttpModuleBuilder, Module};
@@ -165,7 +165,7 @@ impl HttpModuleBuilder for EdgeBodyBuilder {
 /// send identity (no header, `identity` preferred, or nothing acceptable).
 pub fn negotiate(accept: Option<&str>) -> Option<Encoding> {
     let accept = accept?;
-    crate::static_files::negotiate_among(
+    crate::http::conneg::negotiate_among(
         accept,
         &[Encoding::Zstd, Encoding::Brotli, Encoding::Gzip],
     )

@@ -147,7 +147,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-            .map(|ip| crate::rate_limit::mask(ip, v6_prefix));
+            .map(|ip| crate::http::client_ip::mask(ip, v6_prefix));
         // The cap comes before the handshake: a refused connection costs no key exchange.
         let _slot = match ip {
             Some(ip) => match acquire(&self.per_ip, ip, max) {
@@ -1214,7 +1214,7 @@ mod tests {
     #[test]
     fn ipv6_clients_are_capped_by_prefix_like_the_rate_limits() {
         let map = DashMap::new();
-        let key = |s: &str| crate::rate_limit::mask(s.parse().expect("ip"), 64);
+        let key = |s: &str| crate::http::client_ip::mask(s.parse().expect("ip"), 64);
         let _a = acquire(&map, key("2001:db8:1:2::1"), 2).expect("first");
         let _b = acquire(&map, key("2001:db8:1:2:ffff::9"), 2).expect("second, same /64");
         assert!(

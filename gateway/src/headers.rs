@@ -229,7 +229,7 @@ impl Rules {
     }
 
     /// Applies the rules to a response going to the client.
-    pub fn apply_response(&self, resp: &mut ResponseHeader, vars: &Vars<'_>) {
+    pub fn apply_response(&self, resp: &mut impl Head, vars: &Vars<'_>) {
         self.apply(resp, vars);
     }
 
@@ -251,9 +251,12 @@ impl Rules {
 }
 
 /// The header operations rules need, on request and response heads alike.
-trait Head {
+pub trait Head {
+    /// Removes every value of `name`.
     fn remove(&mut self, name: &HeaderName);
+    /// Replaces the values of `name` with `value`.
     fn set(&mut self, name: &HeaderName, value: HeaderValue);
+    /// Appends `value` to `name`.
     fn add(&mut self, name: &HeaderName, value: HeaderValue);
 }
 

@@ -7,14 +7,13 @@
 
 pub mod admin;
 pub mod auth;
-pub mod auth_filter;
 pub mod certs;
 pub mod compress;
 pub mod config;
 pub mod conn_guard;
 pub mod cors;
 pub mod headers;
-pub mod hygiene;
+pub mod http;
 pub mod identity;
 pub mod lifecycle;
 pub mod logging;
@@ -25,7 +24,6 @@ pub mod rate_limit;
 pub mod redirect;
 pub mod reload;
 pub mod request_id;
-pub mod response;
 pub mod route;
 pub mod runtime;
 pub mod server;

@@ -7,7 +7,7 @@
 //! go, so a slow stdout never blocks a request; a shard that grows past 4 MiB (stdout stuck)
 //! drops lines and counts them (`gateway_access_log_dropped_total`).
 
-use crate::proxy::Ctx;
+use crate::proxy::ctx::Ctx;
 use crate::text::{push_ip, push_u64};
 use once_cell::sync::Lazy;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
@@ -276,7 +276,7 @@ fn access_line(
     // Sane client ids and our hex ids need no escaping (`request_id::is_sane`).
     field_raw(s, "request_id", &ctx.request_id);
     s.extend_from_slice(b"\"client_ip\":\"");
-    if let Some(ip) = ctx.client_ip {
+    if let Some(ip) = ctx.client.ip {
         push_ip(s, ip);
     }
     s.extend_from_slice(b"\",");
@@ -290,15 +290,15 @@ fn access_line(
         .unwrap_or("");
     field(s, "host", host);
     // The normalised path when known, never the query string.
-    let path = if ctx.path.is_empty() {
+    let path = if ctx.routing.path.is_empty() {
         req.uri.path()
     } else {
-        &ctx.path
+        &ctx.routing.path
     };
     field(s, "path", path);
-    let route = ctx.route.map_or("", |i| ctx.rt.routes[i].name.as_str());
+    let route = ctx.route().map_or("", |r| r.name.as_str());
     field(s, "route", route);
-    if let Some(p) = &ctx.peer {
+    if let Some(p) = &ctx.upstream.peer {
         field_peer(s, p);
     }
     if let Some(sub) = ctx.identity.as_ref().and_then(|i| i.sub.as_deref()) {
@@ -325,14 +325,14 @@ fn access_line(
     {
         field(s, "user_agent", ua);
     }
-    let sent = ctx.body_sent.max(session.body_bytes_sent() as u64);
+    let sent = ctx.acct.body_sent.max(session.body_bytes_sent() as u64);
     s.extend_from_slice(b"\"status\":");
     push_u64(s, u64::from(status));
     s.extend_from_slice(b",\"bytes_sent\":");
     push_u64(s, sent);
     s.extend_from_slice(b",\"duration_ms\":");
     push_ms(s, elapsed);
-    if let Some(ms) = ctx.upstream_ms {
+    if let Some(ms) = ctx.upstream.ms {
         s.extend_from_slice(b",\"upstream_ms\":");
         push_ms(s, std::time::Duration::from_secs_f64(ms / 1000.0));
     }

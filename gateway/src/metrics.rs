@@ -367,8 +367,8 @@ pub struct RouteMetrics {
     name: String,
 }
 
-/// Number of `static_files::Encoding` variants.
-const ENCODINGS: usize = crate::static_files::Encoding::Zstd as usize + 1;
+/// Number of `conneg::Encoding` variants.
+const ENCODINGS: usize = crate::http::conneg::Encoding::Zstd as usize + 1;
 
 impl std::fmt::Debug for RouteMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -415,7 +415,7 @@ impl RouteMetrics {
     }
 
     /// Records a static response by status and encoding.
-    pub fn record_static(&self, status: u16, encoding: crate::static_files::Encoding) {
+    pub fn record_static(&self, status: u16, encoding: crate::http::conneg::Encoding) {
         let class = class_index(status);
         self.by_class_encoding[class * ENCODINGS + encoding as usize]
             .get_or_init(|| {

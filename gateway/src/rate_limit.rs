@@ -264,7 +264,7 @@ impl RatePolicy {
         subject: Option<&str>,
         req: &pingora_http::RequestHeader,
     ) -> LimitKey {
-        let ip = client.map(|ip| mask(ip, v6_prefix));
+        let ip = client.map(|ip| crate::http::client_ip::mask(ip, v6_prefix));
         if let [KeyPart::ClientIp] = self.key.as_slice() {
             return ip.map_or(LimitKey::Text("-".into()), LimitKey::Ip);
         }
@@ -367,25 +367,6 @@ impl RatePolicy {
     }
 }
 
-/// Masks an IPv6 address to `prefix` bits (clients get whole /64s from their ISP).
-pub fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        // An IPv4 client on a dual-stack listener (`::ffff:a.b.c.d`) is one IPv4 address, not
-        // a member of the one /64 every such client shares.
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => IpAddr::V4(
-            v6.to_ipv4_mapped()
-                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-        ),
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let p = u32::from(prefix.min(128));
-            let m = if p == 0 { 0 } else { u128::MAX << (128 - p) };
-            IpAddr::V6((bits & m).into())
-        }
-    }
-}
-
 /// A policy as applied by a route.
 #[derive(Debug)]
 pub struct RouteRule {
@@ -403,7 +384,7 @@ impl RouteRule {
         (self.methods.is_empty() || self.methods.contains(method))
             && (self.paths.is_empty()
                 || self.paths.iter().any(|p| match p.strip_suffix("/*") {
-                    Some(prefix) => crate::route::prefix_matches(prefix, path),
+                    Some(prefix) => crate::path::prefix_matches(prefix, path),
                     None => p == path,
                 }))
     }
@@ -455,115 +436,10 @@ impl BackgroundService for RateLimitService {
     }
 }
 
-/// `request_filter` step: applies the route's rules whose key needs (or does not need, before
-/// auth) the verified subject. Returns `Ok(false)` when a 429 was written.
-pub async fn request_filter(
-    session: &mut pingora_proxy::Session,
-    ctx: &mut crate::proxy::Ctx,
-    route: &crate::route::Route,
-    subject_phase: bool,
-) -> pingora_core::Result<bool> {
-    let method = session.req_header().method.clone();
-    let subject = ctx.identity.as_ref().and_then(|i| i.sub.clone());
-    for rule in &route.rate_rules {
-        if rule.policy.needs_subject() != subject_phase || !rule.applies(&method, &ctx.path) {
-            continue;
-        }
-        let p = &rule.policy;
-        let key = p.key(
-            ctx.client_ip,
-            ctx.rt.ipv6_prefix,
-            subject.as_deref(),
-            session.req_header(),
-        );
-        let decisions = &crate::metrics::RATE_DECISIONS;
-        match p.check_shared(&key).await {
-            Decision::Allowed { remaining } => {
-                decisions
-                    .with_label_values(&[p.name.as_str(), "allowed"])
-                    .inc();
-                // Report the tightest policy.
-                if ctx.rate.as_ref().is_none_or(|(_, r)| remaining < *r) {
-                    ctx.rate = Some((p.clone(), remaining));
-                }
-            }
-            Decision::Limited { retry_after } if p.conf.dry_run => {
-                decisions
-                    .with_label_values(&[p.name.as_str(), "dry_run_limited"])
-                    .inc();
-                tracing::info!(policy = %p.name, retry_after, "rate limit exceeded (dry run, not enforced)");
-            }
-            Decision::Limited { retry_after } => {
-                decisions
-                    .with_label_values(&[p.name.as_str(), "limited"])
-                    .inc();
-                ctx.rate = Some((p.clone(), 0));
-                let body = serde_json::json!({
-                    "error": "rate_limited",
-                    "retry_after": retry_after,
-                    "request_id": ctx.request_id,
-                });
-                let mut extra = vec![(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from(retry_after),
-                )];
-                if !ctx.rt.rate_limit_headers.ratelimit {
-                    // Still tell the client which policy and when, even with headers off.
-                    extra.push((
-                        http::HeaderName::from_static("ratelimit-policy"),
-                        p.policy_header().clone(),
-                    ));
-                }
-                let reset = retry_after;
-                ctx.rate_reset_override = Some(reset);
-                crate::response::write_json(
-                    session,
-                    ctx,
-                    429,
-                    bytes::Bytes::from(body.to_string()),
-                    false,
-                    &extra,
-                )
-                .await?;
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// Adds the rate-limit headers for the tightest policy that applied.
-pub fn add_headers(resp: &mut impl crate::response::PutHeader, ctx: &crate::proxy::Ctx) {
-    use http::{HeaderName, HeaderValue};
-    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-    const STATE: HeaderName = HeaderName::from_static("ratelimit");
-    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-    let Some((p, remaining)) = &ctx.rate else {
-        return;
-    };
-    let h = ctx.rt.rate_limit_headers;
-    let reset = ctx
-        .rate_reset_override
-        .unwrap_or_else(|| p.reset_secs(*remaining));
-    if h.ratelimit {
-        resp.put(POLICY, p.policy_header().clone());
-        // A policy name that is no valid header value leaves this header out.
-        if let Ok(v) = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", p.name)) {
-            resp.put(STATE, v);
-        }
-    }
-    if h.x_ratelimit {
-        resp.put(LIMIT, HeaderValue::from(p.limit()));
-        resp.put(REMAINING, HeaderValue::from(*remaining));
-        resp.put(RESET, HeaderValue::from(reset));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::client_ip::mask;
 
     fn policy(quota: u32, burst: u32, max_keys: usize) -> RatePolicy {
         let conf: RatePolicyConf = toml::from_str(&format!(

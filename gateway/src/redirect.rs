@@ -19,41 +19,9 @@ impl Redirect {
     }
 }
 
-/// A `Host` value we are willing to echo into `Location`: a DNS name, IPv4 or bracketed IPv6,
-/// optionally with a port. Anything else (userinfo, paths, spaces) is refused.
-pub fn valid_host(host: &str) -> Option<&str> {
-    let name = if host.starts_with('[') {
-        let end = host.find(']')?;
-        let (name, rest) = host.split_at(end + 1);
-        if !(rest.is_empty() || rest[1..].parse::<u16>().is_ok() && rest.starts_with(':')) {
-            return None;
-        }
-        name[1..name.len() - 1].parse::<std::net::Ipv6Addr>().ok()?;
-        name
-    } else {
-        let (name, port) = match host.rsplit_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (host, None),
-        };
-        if let Some(p) = port {
-            p.parse::<u16>().ok()?;
-        }
-        if name.is_empty()
-            || name.len() > 253
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            return None;
-        }
-        name
-    };
-    Some(name)
-}
-
 /// The `Location` for a request to `host` with `path_and_query`, on HTTPS `port`.
 pub fn location(host: &str, path_and_query: &str, port: u16) -> Option<String> {
-    let name = valid_host(host)?;
+    let name = crate::http::host::valid_host(host)?;
     Some(if port == 443 {
         format!("https://{name}{path_and_query}")
     } else {

@@ -136,7 +136,7 @@ impl Route {
                 return false;
             }
         }
-        prefix_matches(&self.prefix, path)
+        crate::path::prefix_matches(&self.prefix, path)
     }
 
     /// The prefix, without trailing slash.
@@ -151,15 +151,6 @@ impl Route {
             Some(rest) => rest,
             None => path,
         }
-    }
-}
-
-/// Whether `path` is `prefix` or below it, on whole segments (`prefix` without trailing `/`).
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
     }
 }
 

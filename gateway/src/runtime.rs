@@ -146,7 +146,7 @@ pub struct Runtime {
     /// Signs the identity headers sent upstream (`[identity] signing_key_file`).
     pub identity_signer: Option<Arc<crate::identity::IdentitySigner>>,
     /// Security headers for gateway-written responses.
-    pub security_headers: crate::static_files::SecurityHeaders,
+    pub security_headers: crate::http::security_headers::SecurityHeaders,
     /// Listener addresses (restart required to change).
     pub listeners: Listeners,
     /// Proxy worker threads (restart required to change).

@@ -56,21 +56,21 @@ proptest! {
 
     #[test]
     fn ranges_stay_inside_the_body(v in "[a-z=0-9,\\- ]{0,24}", len in 0u64..100_000) {
-        if let gateway::static_files::RangeSpec::Part(s, e) = gateway::static_files::parse_range(&v, len) {
+        if let gateway::http::conneg::RangeSpec::Part(s, e) = gateway::http::conneg::parse_range(&v, len) {
             prop_assert!(s <= e && e < len);
         }
     }
 
     #[test]
     fn accept_encoding_never_panics(v in "[a-z*;=0-9., ]{0,40}", br in any::<bool>(), gz in any::<bool>()) {
-        let _ = gateway::static_files::negotiate(Some(&v), br, gz);
+        let _ = gateway::http::conneg::negotiate(Some(&v), br, gz);
     }
 
     #[test]
     fn compression_only_picks_what_the_client_accepts(
         items in proptest::collection::vec(("(gzip|br|zstd|identity|\\*|deflate)", 0u8..=10), 0..5)
     ) {
-        use gateway::static_files::Encoding;
+        use gateway::http::conneg::Encoding;
         let header: Vec<String> = items.iter().map(|(n, q)| format!("{n};q={}", f32::from(*q) / 10.0)).collect();
         let header = header.join(", ");
         if let Some(enc) = gateway::compress::negotiate(Some(&header)) {
@@ -90,7 +90,7 @@ proptest! {
 
     #[test]
     fn request_targets_with_forbidden_bytes_are_refused(p in "/[ -~]{0,30}") {
-        let ok = gateway::hygiene::check_target(p.as_bytes());
+        let ok = gateway::proxy::hygiene::check_target(p.as_bytes());
         let forbidden = p.bytes().any(|b| matches!(b, b' ' | b'"' | b'<' | b'>' | b'\\' | b'{' | b'}' | b'|' | b'^' | b'`'));
         if forbidden {
             prop_assert!(!ok);

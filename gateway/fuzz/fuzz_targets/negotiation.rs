@@ -8,14 +8,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for (br, gz) in [(true, true), (true, false), (false, true), (false, false)] {
-        let _ = gateway::static_files::negotiate(Some(v), br, gz);
+        let _ = gateway::http::conneg::negotiate(Some(v), br, gz);
     }
     if let Some(enc) = gateway::compress::negotiate(Some(v)) {
         let lower = v.to_ascii_lowercase();
         assert!(lower.contains(enc.as_str()) || lower.contains('*'), "{v:?} -> {enc:?}");
     }
     for len in [0u64, 1, 1000, u64::MAX] {
-        if let gateway::static_files::RangeSpec::Part(s, e) = gateway::static_files::parse_range(v, len) {
+        if let gateway::http::conneg::RangeSpec::Part(s, e) = gateway::http::conneg::parse_range(v, len) {
             assert!(s <= e && e < len, "{v:?} len {len} -> {s}-{e}");
         }
     }

@@ -7,7 +7,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = gateway::hygiene::check_target(data);
+    let _ = gateway::proxy::hygiene::check_target(data);
     for merge in [true, false] {
         if let Ok(p) = gateway::path::normalize(raw, merge) {
             let p = p.into_owned();

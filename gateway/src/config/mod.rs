@@ -6,9 +6,10 @@
 
 pub mod file;
 
+use crate::http::security_headers::SecurityHeaders;
 use crate::route::{Route, RouteKind};
 use crate::runtime::{Limits, Listeners, Process, Runtime};
-use crate::static_files::{AssetBundle, SecurityHeaders, StaticOptions};
+use crate::static_files::{AssetBundle, StaticOptions};
 use crate::tls::{CertSet, LoadedCert};
 use crate::upstream::Pool;
 use file::{GatewayConf, RouteConf, RouteKindConf, SecurityHeadersConf};
@@ -354,7 +355,7 @@ fn build(
         }
     }
     let maintenance_page = match &conf.maintenance.page {
-        None => bytes::Bytes::from_static(crate::response::MAINTENANCE_PAGE.as_bytes()),
+        None => bytes::Bytes::from_static(crate::proxy::answer::MAINTENANCE_PAGE.as_bytes()),
         Some(p) => {
             let path = resolve(base, p.get_ref());
             match std::fs::read(&path) {

@@ -5,9 +5,12 @@
 //! Every refusal closes the connection (except 405/417, which are well-formed requests): a
 //! request we could not make sense of leaves the byte stream in an unknown state.
 
+use super::answer::{self, Verdict};
+use super::ctx::Ctx;
 use crate::runtime::Limits;
 use http::{Method, Version};
 use pingora_http::RequestHeader;
+use pingora_proxy::Session;
 
 /// Why a request head is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +84,7 @@ pub fn check_target(raw: &[u8]) -> bool {
 }
 
 /// `request_filter` step: checks the head against `limits`.
-pub fn request_filter(req: &RequestHeader, limits: &Limits) -> Result<(), Rejection> {
+pub fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), Rejection> {
     let raw = req.raw_path();
     if raw.len() > limits.max_uri_bytes {
         return Err(Rejection::UriTooLong);
@@ -121,7 +124,7 @@ pub fn request_filter(req: &RequestHeader, limits: &Limits) -> Result<(), Reject
             let ok = h
                 .to_str()
                 .ok()
-                .and_then(crate::redirect::valid_host)
+                .and_then(crate::http::host::valid_host)
                 .is_some();
             if !ok {
                 return Err(Rejection::BadHost);
@@ -196,32 +199,57 @@ pub fn has_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.trim() != "0")
 }
 
-/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case
-/// `X-Forwarded-For` is walked from the right to the first untrusted address.
-pub fn client_ip(
-    peer: Option<std::net::IpAddr>,
-    req: &RequestHeader,
-    trusted: &[ipnet::IpNet],
-) -> (Option<std::net::IpAddr>, bool) {
-    let Some(peer) = peer else {
-        return (None, false);
+/// First step of every request: the request id and who the client is.
+pub fn identify(session: &Session, ctx: &mut Ctx) {
+    let req = session.req_header();
+    ctx.request_id =
+        crate::request_id::from_client(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+    ctx.client.peer_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    (ctx.client.ip, ctx.client.via_trusted_proxy) =
+        crate::http::client_ip::client_ip(ctx.client.peer_ip, req, &ctx.rt.trusted_proxies);
+}
+
+/// The hygiene phase: the parsed head against the limits, plus what only the raw HTTP/1
+/// bytes show (both `Transfer-Encoding` and `Content-Length`; a request line pingora had to
+/// escape before parsing, `GET /a b HTTP/1.1`).
+pub fn check(session: &Session, ctx: &mut Ctx) -> Verdict {
+    let req = session.req_header();
+    let both_te_and_cl = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && session
+            .as_http1()
+            .is_some_and(|h1| raw_has_header(&h1.get_headers_raw_bytes(), "content-length"));
+    let escaped_line = session.as_http1().is_some_and(|h1| {
+        (**h1.stream())
+            .as_any()
+            .downcast_ref::<crate::conn_guard::HeadDeadline>()
+            .is_some_and(|s| s.request_line_refused())
+    });
+    let verdict = if both_te_and_cl {
+        Err(Rejection::BadTransferEncoding)
+    } else if escaped_line {
+        Err(Rejection::BadTarget)
+    } else {
+        check_head(req, &ctx.rt.limits)
     };
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if trusted.is_empty() || !is_trusted(&peer) {
-        return (Some(peer), false);
+    let Err(rejection) = verdict else {
+        return Verdict::Continue;
+    };
+    ctx.acct.unframed = matches!(
+        rejection,
+        Rejection::BadContentLength | Rejection::BadTransferEncoding
+    );
+    let mut answer = answer::error(req, ctx, rejection.status());
+    if rejection.status() == 405 {
+        answer.put(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
     }
-    let mut client = peer;
-    for v in req.headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(v) = v.to_str() else { break };
-        for part in v.rsplit(',') {
-            match part.trim().parse::<std::net::IpAddr>() {
-                Ok(ip) if is_trusted(&ip) => client = ip,
-                Ok(ip) => return (Some(ip), true),
-                Err(_) => return (Some(client), true),
-            }
-        }
-    }
-    (Some(client), true)
+    answer.close = rejection.closes();
+    Verdict::Respond(answer)
 }
 
 #[cfg(test)]
@@ -254,7 +282,7 @@ mod tests {
     #[test]
     fn limits_and_framing() {
         let host = ("Host", "example.com");
-        let ok = |r: &RequestHeader| request_filter(r, &LIMITS);
+        let ok = |r: &RequestHeader| check_head(r, &LIMITS);
         assert_eq!(ok(&req("GET", b"/", &[host])), Ok(()));
         assert_eq!(ok(&req("GET", b"/", &[])), Err(Rejection::BadHost));
         assert_eq!(
@@ -401,29 +429,5 @@ mod tests {
         ] {
             assert!(!check_target(bad), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_peers() {
-        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
-        let r = req("GET", b"/", &[("X-Forwarded-For", "203.0.113.9, 10.1.1.1")]);
-        let peer = |s: &str| Some(s.parse().expect("ip"));
-        assert_eq!(
-            client_ip(peer("10.2.2.2"), &r, &trusted),
-            (peer("203.0.113.9"), true)
-        );
-        assert_eq!(
-            client_ip(peer("192.0.2.1"), &r, &trusted),
-            (peer("192.0.2.1"), false)
-        );
-        assert_eq!(
-            client_ip(peer("10.2.2.2"), &r, &[]),
-            (peer("10.2.2.2"), false)
-        );
-        let spoof = req("GET", b"/", &[("X-Forwarded-For", "garbage, 10.1.1.1")]);
-        assert_eq!(
-            client_ip(peer("10.2.2.2"), &spoof, &trusted),
-            (peer("10.1.1.1"), true)
-        );
     }
 }
