@@ -10,7 +10,8 @@
 use crate::lifecycle::Lifecycle;
 use crate::reload::{Outcome, Reloader};
 use crate::route::RouteKind;
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::Runtime;
+use crate::state::SharedRuntime;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;

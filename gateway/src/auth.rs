@@ -10,18 +10,16 @@
 //! future, any `crit` header is refused (we implement no extension), and oversized tokens are
 //! rejected before decoding. Rejection reasons are classes, never claim values or key bytes.
 
-use crate::config::file::JwtProviderConf;
-use crate::runtime::SharedRuntime;
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue, Method};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
+use serde::Deserialize;
 use serde_json::Value;
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -474,7 +472,7 @@ impl Remote {
         let mut roots = rustls::RootCertStore::empty();
         let ca_pem = match &conf.ca_file {
             Some(f) => {
-                let path = crate::config::resolve(base, f.get_ref());
+                let path = crate::path::resolve(base, f.get_ref());
                 let pem = std::fs::read(&path)
                     .map_err(|e| ProviderError::CaFile(format!("{}: {e}", path.display())))?;
                 for c in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -664,7 +662,7 @@ impl JwtProvider {
             claim_headers.push((claim.clone(), hn));
         }
         let read = |p: &serde_spanned::Spanned<String>| {
-            let path = crate::config::resolve(base, p.get_ref());
+            let path = crate::path::resolve(base, p.get_ref());
             std::fs::read(&path).map_err(|e| KeyError::Io(format!("{}: {e}", path.display())))
         };
         let (keys, loaded) = if let Some(f) = &conf.jwks_file {
@@ -713,7 +711,7 @@ impl JwtProvider {
             .conf
             .ca_file
             .as_ref()
-            .map(|f| std::fs::read(crate::config::resolve(base, f.get_ref())).ok());
+            .map(|f| std::fs::read(crate::path::resolve(base, f.get_ref())).ok());
         let held = self.remote.as_ref().map(|r| r.ca_pem.clone());
         match (on_disk, held) {
             (None, _) => true,
@@ -807,7 +805,8 @@ impl JwtProvider {
         .await;
     }
 
-    fn needs_refresh(&self) -> bool {
+    /// Whether the keys are due for a fetch (first load, or the refresh period passed).
+    pub fn needs_refresh(&self) -> bool {
         if self.remote.is_none() {
             return false;
         }
@@ -1040,7 +1039,7 @@ impl RoutePolicy {
     pub fn try_new(
         provider: Arc<JwtProvider>,
         public: &[String],
-        scopes: &[crate::config::file::ScopeRuleConf],
+        scopes: &[ScopeRuleConf],
     ) -> Result<Self, PolicyError> {
         let method = |m: &str| {
             Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
@@ -1134,36 +1133,142 @@ pub fn extract_token<'a>(
     Err(AuthRejection::Missing)
 }
 
-/// Background service: initial JWKS fetch (retried every second until it succeeds) and
-/// periodic refresh for every provider of the current runtime.
-pub struct JwksService {
-    runtime: SharedRuntime,
+/// A JWT issuer the gateway trusts. Exactly one key source: `jwks_url`, `discovery` (OIDC),
+/// `jwks_file`, `key_file` (PEM public key) or `secret_file` (HMAC secret, ≥ 32 bytes).
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderConf {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (one must match).
+    pub audiences: Vec<String>,
+    /// Allowed `alg` values. Default `["EdDSA"]`. Choices: EdDSA, ES256, ES384, RS256, RS384,
+    /// RS512, PS256, PS384, PS512, HS256, HS384, HS512.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`, seconds. Default 30.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// JWKS over HTTP(S): fetched at start (not ready until it succeeds), refreshed, refetched on
+    /// an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// OIDC discovery: read `{issuer}/.well-known/openid-configuration`, require its `issuer`
+    /// to equal `issuer` exactly, and use its `jwks_uri` (re-read at every JWKS refresh).
+    /// Default false.
+    #[serde(default)]
+    pub discovery: bool,
+    /// PEM CA bundle trusted for `jwks_url` / `discovery` instead of the platform's trust
+    /// store (a private CA). Default: the platform's roots (`/etc/ssl/certs` and the like).
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// Allow a plain `http://` JWKS or issuer URL on a non-loopback host. Anyone on the path
+    /// could then swap the keys the gateway trusts. Default false (loopback is always allowed).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// JWKS from a file.
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// PEM public key (EdDSA, EC or RSA ≥ 2048 bits).
+    #[serde(default)]
+    pub key_file: Option<Spanned<String>>,
+    /// HMAC secret file (raw bytes, trailing newline ignored), ≥ 32 bytes.
+    #[serde(default)]
+    pub secret_file: Option<Spanned<String>>,
+    /// Seconds between JWKS refreshes. Default 300.
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// Least seconds between refetches triggered by unknown `kid`s. Default 30.
+    #[serde(default = "default_cooldown")]
+    pub jwks_refetch_cooldown_seconds: u64,
+    /// JWKS fetch timeout, ms. Default 3000.
+    #[serde(default = "default_jwks_timeout")]
+    pub jwks_timeout_ms: u64,
+    /// Also take the token from this cookie when there is no `Authorization`. Default none.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Tokens longer than this are rejected before any decoding. Default 8192.
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: usize,
+    /// Verified tokens are cached this long at most (and never past `exp`), seconds; 0 = no cache.
+    /// Default 300.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_seconds: u64,
+    /// Most tokens cached. Default 10000.
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: usize,
+    /// Claim → upstream header. Default `{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }`.
+    #[serde(default = "default_claim_headers")]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Forward the client's `Authorization` header upstream. Default true.
+    #[serde(default = "default_true")]
+    pub forward_authorization: bool,
+    /// `realm` in `WWW-Authenticate`. Default `api`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
 }
 
-impl JwksService {
-    /// Over the shared runtime.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Self { runtime }
-    }
+fn default_algorithms() -> Vec<String> {
+    vec!["EdDSA".into()]
 }
 
-#[async_trait]
-impl BackgroundService for JwksService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let period = Duration::from_millis(250);
-        crate::runtime::every(&self.runtime, shutdown, period, |rt| async move {
-            for p in rt.jwt_providers.values() {
-                if p.needs_refresh() {
-                    match p.fetch_jwks().await {
-                        Ok(()) => crate::metrics::describe_runtime(&rt),
-                        Err(e) => {
-                            tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys")
-                        }
-                    }
-                }
-            }
-        })
-        .await;
+fn default_leeway() -> u64 {
+    30
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+
+fn default_cooldown() -> u64 {
+    30
+}
+
+fn default_jwks_timeout() -> u64 {
+    3000
+}
+
+fn default_max_token() -> usize {
+    8192
+}
+
+fn default_cache_ttl() -> u64 {
+    300
+}
+
+fn default_cache_entries() -> usize {
+    10_000
+}
+
+fn default_claim_headers() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("sub".into(), "X-Auth-Subject".into());
+    m.insert("scope".into(), "X-Auth-Scopes".into());
+    m
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_realm() -> String {
+    "api".into()
+}
+
+/// Scopes required for some methods of a route.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeRuleConf {
+    /// Methods this rule applies to; empty = all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Every one of these scopes is required.
+    pub scopes: Vec<String>,
+}
+
+impl JwtProviderConf {
+    /// Keys come over the network (`jwks_url` or `discovery`), not from a file.
+    pub fn is_remote(&self) -> bool {
+        self.jwks_url.is_some() || self.discovery
     }
 }
 

@@ -20,7 +20,7 @@
 //! gives every handshake a fixed 60 s), a failure is counted by reason from the rustls error
 //! itself, and the rustls configuration is ours ([`crate::tls::server_config`]).
 
-use crate::runtime::SharedRuntime;
+use crate::state::SharedRuntime;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use pingora_core::apps::{HttpServerApp, ServerApp};

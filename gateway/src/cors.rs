@@ -2,9 +2,9 @@
 //! any token check or upstream work; simple responses get `Access-Control-Allow-Origin`
 //! echoing the allowed origin, with `Vary: Origin`.
 
-use crate::config::file::CorsConf;
 use http::{HeaderName, HeaderValue, Method};
 use pingora_http::{RequestHeader, ResponseHeader};
+use serde::Deserialize;
 
 /// Why a CORS policy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +206,42 @@ pub fn response_filter(cors: &Cors, origin: Option<&HeaderValue>, resp: &mut Res
     if let Some(e) = &cors.expose {
         let _ = resp.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
     }
+}
+
+/// CORS policy.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConf {
+    /// Allowed origins: exact (`https://app.example.com`), wildcard subdomain
+    /// (`https://*.example.com`), or `*` (not with credentials).
+    pub allow_origins: Vec<String>,
+    /// Allowed methods. Default `["GET", "HEAD", "POST"]`.
+    #[serde(default = "default_cors_methods")]
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers (case-insensitive). Default `["content-type", "authorization"]`.
+    #[serde(default = "default_cors_headers")]
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed to scripts. Default `[]`.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`. Default false.
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// Preflight cache lifetime, seconds. Default 600.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age: u64,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into(), "POST".into()]
+}
+
+fn default_cors_headers() -> Vec<String> {
+    vec!["content-type".into(), "authorization".into()]
+}
+
+fn default_cors_max_age() -> u64 {
+    600
 }
 
 #[cfg(test)]

@@ -283,23 +283,6 @@ pub static ACCESS_LOG_DROPPED: Lazy<prometheus::IntCounter> = Lazy::new(|| {
     )
 });
 
-/// Sets the gauges that describe a runtime (certificates, providers).
-pub fn describe_runtime(rt: &crate::runtime::Runtime) {
-    for c in &rt.certs.certs {
-        CERT_NOT_AFTER
-            .with_label_values(&[c.name.as_str()])
-            .set(c.not_after);
-    }
-    for p in rt.jwt_providers.values() {
-        let t = p.last_success.load(std::sync::atomic::Ordering::Relaxed);
-        if t > 0 {
-            JWKS_LAST_SUCCESS
-                .with_label_values(&[p.name.as_str()])
-                .set(t as i64);
-        }
-    }
-}
-
 /// Generation of the config in force.
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     register(

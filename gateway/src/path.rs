@@ -185,6 +185,16 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// A file named in the config: `p` relative to `base` (the config's directory) unless absolute.
+pub fn resolve(base: &std::path::Path, p: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Plain-HTTP listener: every request gets `308 Permanent Redirect` to the same host, path and
 //! query on HTTPS. 308 (not 301) so a POST stays a POST.
 
-use crate::runtime::SharedRuntime;
+use crate::state::SharedRuntime;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;

@@ -13,7 +13,8 @@
 //! fingerprint of the inputs changed.
 
 use crate::config;
-use crate::runtime::{Runtime, SharedRuntime};
+use crate::runtime::Runtime;
+use crate::state::SharedRuntime;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -170,7 +171,7 @@ impl Reloader {
                 next.process = current.process.clone();
                 let hash = fingerprint(&next);
                 let generation = next.generation;
-                crate::metrics::describe_runtime(&next);
+                crate::services::describe_runtime(&next);
                 // Swap under the status lock so /config never shows a state older than what
                 // requests already see.
                 let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());

@@ -159,7 +159,7 @@ mod tests {
     use super::*;
 
     fn r(prefix: &str, host: Option<&str>) -> Route {
-        let pool: crate::config::file::UpstreamConf =
+        let pool: crate::upstream::UpstreamConf =
             toml::from_str("peers = [\"127.0.0.1:9\"]").expect("conf");
         Route::new(
             "t",

@@ -7,12 +7,8 @@
 use crate::route::Route;
 use crate::tls::CertSet;
 use crate::upstream::Pool;
-use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// The one swappable pointer to the current runtime.
-pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
 /// Request size limits and strictness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +130,7 @@ pub struct Runtime {
     /// Rate-limit policies by name.
     pub rate_policies: HashMap<String, Arc<crate::rate_limit::RatePolicy>>,
     /// Which rate-limit headers to send.
-    pub rate_limit_headers: crate::config::file::RateLimitHeadersConf,
+    pub rate_limit_headers: crate::rate_limit::RateLimitHeadersConf,
     /// IPv6 prefix length for rate-limit keys.
     pub ipv6_prefix: u8,
     /// Proxies whose `X-Forwarded-For` is believed.
@@ -167,28 +163,5 @@ impl Runtime {
     /// First route matching `host` (without port, lower-case) and `path`.
     pub fn match_route(&self, host: &str, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(host, path))
-    }
-}
-
-/// Runs `f` with the current runtime every `period` until shutdown: the loop shared by the
-/// background services (health checks, JWKS refresh, rate-limit cleanup). Reading the runtime
-/// at each tick means a reload needs no restart of these tasks.
-pub async fn every<F, Fut>(
-    runtime: &SharedRuntime,
-    mut shutdown: pingora_core::server::ShutdownWatch,
-    period: std::time::Duration,
-    mut f: F,
-) where
-    F: FnMut(Arc<Runtime>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
-        }
-        f(runtime.load_full()).await;
     }
 }

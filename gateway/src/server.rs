@@ -6,8 +6,9 @@ use crate::lifecycle::{DrainingSignal, Lifecycle};
 use crate::proxy::Gateway;
 use crate::redirect::Redirect;
 use crate::reload::{ReloadService, Reloader};
-use crate::runtime::{Runtime, SharedRuntime};
-use crate::upstream::HealthService;
+use crate::runtime::Runtime;
+use crate::services::{HealthService, JwksService, RateLimitService};
+use crate::state::SharedRuntime;
 use arc_swap::ArcSwap;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
@@ -77,7 +78,7 @@ pub fn build(
     };
     let listeners = runtime.listeners.clone();
     crate::metrics::CONFIG_GENERATION.set(runtime.generation as i64);
-    crate::metrics::describe_runtime(&runtime);
+    crate::services::describe_runtime(&runtime);
     let shared: SharedRuntime = Arc::new(ArcSwap::from_pointee(runtime));
 
     let mut server = Server::new_with_opt_and_conf(opt, conf);
@@ -118,11 +119,11 @@ pub fn build(
     ));
     server.add_service(background_service(
         "jwks refresh",
-        crate::auth::JwksService::new(shared.clone()),
+        JwksService::new(shared.clone()),
     ));
     server.add_service(background_service(
         "rate limit cleanup",
-        crate::rate_limit::RateLimitService::new(shared.clone()),
+        RateLimitService::new(shared.clone()),
     ));
     server.add_service(background_service(
         "config reload",

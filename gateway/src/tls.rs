@@ -5,7 +5,7 @@
 //! the current [`Runtime`](crate::runtime::Runtime) through the shared `ArcSwap`, so a reload that
 //! swaps the runtime rotates certificates for every new handshake without touching the listener.
 
-use crate::runtime::SharedRuntime;
+use crate::state::SharedRuntime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;

@@ -6,17 +6,13 @@
 //! skipped for `fail_timeout_ms`, the way nginx's `max_fails=1 fail_timeout` does, so one dead
 //! peer costs at most one retried request per window instead of one per request.
 
-use crate::config::file::{BalanceConf, UpstreamConf};
-use crate::runtime::SharedRuntime;
-use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::{Consistent, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
+use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -252,7 +248,7 @@ impl Pool {
 
     /// Claims the next active health-check pass when the interval has elapsed and no pass is
     /// running; the caller then runs [`Pool::run_check`].
-    fn claim_check(&self, now: Instant) -> bool {
+    pub fn claim_check(&self, now: Instant) -> bool {
         let Ok(mut last) = self.last_check.lock() else {
             return false;
         };
@@ -268,53 +264,92 @@ impl Pool {
     }
 
     /// One active health-check pass (every peer at once), then the health published.
-    async fn run_check(self: Arc<Self>) {
+    pub async fn run_check(self: Arc<Self>) {
         self.balancer.backends().run_health_check(true).await;
         self.publish_health();
         self.checking.store(false, Ordering::Release);
     }
 }
 
-/// Background service running active health checks of every pool of the current runtime.
-///
-/// One task for all pools, driven by the live runtime, so pools added by a reload are checked
-/// without starting anything, and pools dropped by a reload stop being checked.
-pub struct HealthService {
-    runtime: SharedRuntime,
+/// Load-balancing algorithm of a pool.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceConf {
+    /// Rotate over healthy peers.
+    #[default]
+    RoundRobin,
+    /// Ketama hash of the client IP: a client sticks to one peer while it is healthy.
+    ConsistentHash,
 }
 
-impl HealthService {
-    /// A health checker over the shared runtime.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Self { runtime }
-    }
+/// An upstream pool.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConf {
+    /// Peer addresses `ip:port` (or `host:port`, resolved once at load).
+    pub peers: Vec<String>,
+    /// Default `round_robin`.
+    #[serde(default)]
+    pub balance: BalanceConf,
+    /// Path probed with GET by the active health check; empty = TCP connect only. Default `/healthz`.
+    #[serde(default = "default_hc_path")]
+    pub health_check_path: String,
+    /// Milliseconds between health checks. Default 5000.
+    #[serde(default = "default_hc_interval")]
+    pub health_check_interval_ms: u64,
+    /// TCP connect timeout, ms. Default 1000.
+    #[serde(default = "default_connect")]
+    pub connect_timeout_ms: u64,
+    /// Timeout waiting for each read from the peer (including the response head), ms → 504. Default 30000.
+    #[serde(default = "default_read")]
+    pub read_timeout_ms: u64,
+    /// Timeout for each write to the peer, ms. Default 30000.
+    #[serde(default = "default_read")]
+    pub write_timeout_ms: u64,
+    /// Connect plus (for TLS peers) handshake, ms. Default 2000.
+    #[serde(default = "default_total_connect")]
+    pub total_connect_timeout_ms: u64,
+    /// How long an idle upstream keep-alive connection is kept, ms. Default 60000.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
+    /// Extra attempts on another peer after a connect failure. Default 1.
+    #[serde(default = "default_retries")]
+    pub retries: u8,
+    /// After a failed connect the peer is skipped for this long (passive health), ms. Default 10000.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout_ms: u64,
 }
 
-#[async_trait]
-impl BackgroundService for HealthService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        use futures_util::StreamExt as _;
-        // Each pool's pass runs on its own: a pool whose peers hang until the read timeout
-        // delays neither another pool's checks nor its own next tick's bookkeeping.
-        let mut running = futures_util::stream::FuturesUnordered::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    let rt = self.runtime.load();
-                    let now = Instant::now();
-                    for pool in rt.pools.values() {
-                        if pool.claim_check(now) {
-                            running.push(pool.clone().run_check());
-                        }
-                    }
-                }
-                Some(()) = running.next(), if !running.is_empty() => {}
-            }
-        }
-    }
+fn default_hc_path() -> String {
+    "/healthz".into()
+}
+
+fn default_hc_interval() -> u64 {
+    5_000
+}
+
+fn default_connect() -> u64 {
+    1_000
+}
+
+fn default_read() -> u64 {
+    30_000
+}
+
+fn default_total_connect() -> u64 {
+    2_000
+}
+
+fn default_idle() -> u64 {
+    60_000
+}
+
+fn default_retries() -> u8 {
+    1
+}
+
+fn default_fail_timeout() -> u64 {
+    10_000
 }
 
 #[cfg(test)]

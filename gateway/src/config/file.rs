@@ -9,6 +9,13 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 
+pub use crate::auth::{JwtProviderConf, ScopeRuleConf};
+pub use crate::cors::CorsConf;
+pub use crate::rate_limit::{
+    OnStoreErrorConf, PerConf, RateLimitHeadersConf, RatePolicyConf, StoreConf,
+};
+pub use crate::upstream::{BalanceConf, UpstreamConf};
+
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -80,40 +87,6 @@ pub struct HeaderRulesConf {
     /// Name → value appended. Default `{}`.
     #[serde(default)]
     pub add: BTreeMap<String, String>,
-}
-
-/// CORS policy.
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CorsConf {
-    /// Allowed origins: exact (`https://app.example.com`), wildcard subdomain
-    /// (`https://*.example.com`), or `*` (not with credentials).
-    pub allow_origins: Vec<String>,
-    /// Allowed methods. Default `["GET", "HEAD", "POST"]`.
-    #[serde(default = "default_cors_methods")]
-    pub allow_methods: Vec<String>,
-    /// Allowed request headers (case-insensitive). Default `["content-type", "authorization"]`.
-    #[serde(default = "default_cors_headers")]
-    pub allow_headers: Vec<String>,
-    /// Response headers exposed to scripts. Default `[]`.
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
-    /// Send `Access-Control-Allow-Credentials: true`. Default false.
-    #[serde(default)]
-    pub allow_credentials: bool,
-    /// Preflight cache lifetime, seconds. Default 600.
-    #[serde(default = "default_cors_max_age")]
-    pub max_age: u64,
-}
-
-fn default_cors_methods() -> Vec<String> {
-    vec!["GET".into(), "HEAD".into(), "POST".into()]
-}
-fn default_cors_headers() -> Vec<String> {
-    vec!["content-type".into(), "authorization".into()]
-}
-fn default_cors_max_age() -> u64 {
-    600
 }
 
 /// Maintenance mode.
@@ -332,96 +305,6 @@ impl Default for ClientIpConf {
     }
 }
 
-/// Window of a rate quota.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PerConf {
-    Second,
-    Minute,
-    Hour,
-}
-
-/// A rate-limit policy.
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RatePolicyConf {
-    /// What is counted: `client_ip`, `subject` (verified JWT `sub`, else the client IP),
-    /// `header:<name>` (else the client IP), or several joined with `+`.
-    pub key: String,
-    /// Requests allowed per `per`.
-    pub quota: u32,
-    /// `second`, `minute` or `hour`.
-    pub per: PerConf,
-    /// Requests allowed at once above the steady rate. Default: `quota`.
-    #[serde(default)]
-    pub burst: Option<u32>,
-    /// Count and report, but never block. Default false.
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Most keys tracked; past it, new keys share one overflow bucket. Default 100000.
-    #[serde(default = "default_max_keys")]
-    pub max_keys: usize,
-    /// `local` (in-process) or `redis` (one quota shared by every replica). Default `local`.
-    #[serde(default)]
-    pub store: StoreConf,
-    /// With `store = "redis"`: the server, e.g. `redis://127.0.0.1:6379`.
-    #[serde(default)]
-    pub redis_url: Option<String>,
-    /// With `store = "redis"`, when Redis cannot answer: `local` limiter, `allow`, `deny`.
-    /// Default `local`.
-    #[serde(default)]
-    pub on_store_error: OnStoreErrorConf,
-}
-
-/// Where a policy keeps its counters.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreConf {
-    /// In this process.
-    #[default]
-    Local,
-    /// In Redis, shared by replicas.
-    Redis,
-}
-
-/// Fallback when the shared store fails.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnStoreErrorConf {
-    /// Use the in-process limiter.
-    #[default]
-    Local,
-    /// Let requests through.
-    Allow,
-    /// Refuse requests.
-    Deny,
-}
-
-fn default_max_keys() -> usize {
-    100_000
-}
-
-/// Which rate-limit headers responses carry.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitHeadersConf {
-    /// IETF `RateLimit` (and `RateLimit-Policy`) on allowed responses too. Default true.
-    #[serde(default = "default_true")]
-    pub ratelimit: bool,
-    /// Legacy `X-RateLimit-Limit/Remaining/Reset`. Default false.
-    #[serde(default)]
-    pub x_ratelimit: bool,
-}
-
-impl Default for RateLimitHeadersConf {
-    fn default() -> Self {
-        Self {
-            ratelimit: true,
-            x_ratelimit: false,
-        }
-    }
-}
-
 /// A policy applied by a route, optionally only to some methods and paths.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(untagged)]
@@ -585,122 +468,6 @@ impl Default for SecurityHeadersConf {
     }
 }
 
-/// A JWT issuer the gateway trusts. Exactly one key source: `jwks_url`, `discovery` (OIDC),
-/// `jwks_file`, `key_file` (PEM public key) or `secret_file` (HMAC secret, ≥ 32 bytes).
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct JwtProviderConf {
-    /// Required `iss`.
-    pub issuer: String,
-    /// Accepted `aud` values (one must match).
-    pub audiences: Vec<String>,
-    /// Allowed `alg` values. Default `["EdDSA"]`. Choices: EdDSA, ES256, ES384, RS256, RS384,
-    /// RS512, PS256, PS384, PS512, HS256, HS384, HS512.
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
-    /// Clock skew allowed on `exp`, `nbf`, `iat`, seconds. Default 30.
-    #[serde(default = "default_leeway")]
-    pub leeway_seconds: u64,
-    /// JWKS over HTTP(S): fetched at start (not ready until it succeeds), refreshed, refetched on
-    /// an unknown `kid`.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    /// OIDC discovery: read `{issuer}/.well-known/openid-configuration`, require its `issuer`
-    /// to equal `issuer` exactly, and use its `jwks_uri` (re-read at every JWKS refresh).
-    /// Default false.
-    #[serde(default)]
-    pub discovery: bool,
-    /// PEM CA bundle trusted for `jwks_url` / `discovery` instead of the platform's trust
-    /// store (a private CA). Default: the platform's roots (`/etc/ssl/certs` and the like).
-    #[serde(default)]
-    pub ca_file: Option<Spanned<String>>,
-    /// Allow a plain `http://` JWKS or issuer URL on a non-loopback host. Anyone on the path
-    /// could then swap the keys the gateway trusts. Default false (loopback is always allowed).
-    #[serde(default)]
-    pub allow_insecure_http: bool,
-    /// JWKS from a file.
-    #[serde(default)]
-    pub jwks_file: Option<Spanned<String>>,
-    /// PEM public key (EdDSA, EC or RSA ≥ 2048 bits).
-    #[serde(default)]
-    pub key_file: Option<Spanned<String>>,
-    /// HMAC secret file (raw bytes, trailing newline ignored), ≥ 32 bytes.
-    #[serde(default)]
-    pub secret_file: Option<Spanned<String>>,
-    /// Seconds between JWKS refreshes. Default 300.
-    #[serde(default = "default_refresh")]
-    pub jwks_refresh_seconds: u64,
-    /// Least seconds between refetches triggered by unknown `kid`s. Default 30.
-    #[serde(default = "default_cooldown")]
-    pub jwks_refetch_cooldown_seconds: u64,
-    /// JWKS fetch timeout, ms. Default 3000.
-    #[serde(default = "default_jwks_timeout")]
-    pub jwks_timeout_ms: u64,
-    /// Also take the token from this cookie when there is no `Authorization`. Default none.
-    #[serde(default)]
-    pub cookie: Option<String>,
-    /// Tokens longer than this are rejected before any decoding. Default 8192.
-    #[serde(default = "default_max_token")]
-    pub max_token_bytes: usize,
-    /// Verified tokens are cached this long at most (and never past `exp`), seconds; 0 = no cache.
-    /// Default 300.
-    #[serde(default = "default_cache_ttl")]
-    pub cache_ttl_seconds: u64,
-    /// Most tokens cached. Default 10000.
-    #[serde(default = "default_cache_entries")]
-    pub cache_max_entries: usize,
-    /// Claim → upstream header. Default `{ sub = "X-Auth-Subject", scope = "X-Auth-Scopes" }`.
-    #[serde(default = "default_claim_headers")]
-    pub claim_headers: BTreeMap<String, String>,
-    /// Forward the client's `Authorization` header upstream. Default true.
-    #[serde(default = "default_true")]
-    pub forward_authorization: bool,
-    /// `realm` in `WWW-Authenticate`. Default `api`.
-    #[serde(default = "default_realm")]
-    pub realm: String,
-}
-
-impl JwtProviderConf {
-    /// Keys come over the network (`jwks_url` or `discovery`), not from a file.
-    pub fn is_remote(&self) -> bool {
-        self.jwks_url.is_some() || self.discovery
-    }
-}
-
-fn default_algorithms() -> Vec<String> {
-    vec!["EdDSA".into()]
-}
-fn default_leeway() -> u64 {
-    30
-}
-fn default_refresh() -> u64 {
-    300
-}
-fn default_cooldown() -> u64 {
-    30
-}
-fn default_jwks_timeout() -> u64 {
-    3000
-}
-fn default_max_token() -> usize {
-    8192
-}
-fn default_cache_ttl() -> u64 {
-    300
-}
-fn default_cache_entries() -> usize {
-    10_000
-}
-fn default_claim_headers() -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    m.insert("sub".into(), "X-Auth-Subject".into());
-    m.insert("scope".into(), "X-Auth-Scopes".into());
-    m
-}
-fn default_realm() -> String {
-    "api".into()
-}
-
 /// Identity headers: removed from every client request, whatever the route.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -730,91 +497,6 @@ impl Default for IdentityConf {
             signing_key_file: None,
         }
     }
-}
-
-/// Scopes required for some methods of a route.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct ScopeRuleConf {
-    /// Methods this rule applies to; empty = all.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// Every one of these scopes is required.
-    pub scopes: Vec<String>,
-}
-
-/// Load-balancing algorithm of a pool.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BalanceConf {
-    /// Rotate over healthy peers.
-    #[default]
-    RoundRobin,
-    /// Ketama hash of the client IP: a client sticks to one peer while it is healthy.
-    ConsistentHash,
-}
-
-/// An upstream pool.
-#[derive(Debug, Deserialize, Clone, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConf {
-    /// Peer addresses `ip:port` (or `host:port`, resolved once at load).
-    pub peers: Vec<String>,
-    /// Default `round_robin`.
-    #[serde(default)]
-    pub balance: BalanceConf,
-    /// Path probed with GET by the active health check; empty = TCP connect only. Default `/healthz`.
-    #[serde(default = "default_hc_path")]
-    pub health_check_path: String,
-    /// Milliseconds between health checks. Default 5000.
-    #[serde(default = "default_hc_interval")]
-    pub health_check_interval_ms: u64,
-    /// TCP connect timeout, ms. Default 1000.
-    #[serde(default = "default_connect")]
-    pub connect_timeout_ms: u64,
-    /// Timeout waiting for each read from the peer (including the response head), ms → 504. Default 30000.
-    #[serde(default = "default_read")]
-    pub read_timeout_ms: u64,
-    /// Timeout for each write to the peer, ms. Default 30000.
-    #[serde(default = "default_read")]
-    pub write_timeout_ms: u64,
-    /// Connect plus (for TLS peers) handshake, ms. Default 2000.
-    #[serde(default = "default_total_connect")]
-    pub total_connect_timeout_ms: u64,
-    /// How long an idle upstream keep-alive connection is kept, ms. Default 60000.
-    #[serde(default = "default_idle")]
-    pub idle_timeout_ms: u64,
-    /// Extra attempts on another peer after a connect failure. Default 1.
-    #[serde(default = "default_retries")]
-    pub retries: u8,
-    /// After a failed connect the peer is skipped for this long (passive health), ms. Default 10000.
-    #[serde(default = "default_fail_timeout")]
-    pub fail_timeout_ms: u64,
-}
-
-fn default_hc_path() -> String {
-    "/healthz".into()
-}
-fn default_hc_interval() -> u64 {
-    5_000
-}
-fn default_connect() -> u64 {
-    1_000
-}
-fn default_read() -> u64 {
-    30_000
-}
-fn default_total_connect() -> u64 {
-    2_000
-}
-fn default_idle() -> u64 {
-    60_000
-}
-fn default_retries() -> u8 {
-    1
-}
-fn default_fail_timeout() -> u64 {
-    10_000
 }
 
 /// What a route does with a matching request.

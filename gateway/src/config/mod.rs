@@ -7,6 +7,7 @@
 pub mod file;
 
 use crate::http::security_headers::SecurityHeaders;
+use crate::path::resolve;
 use crate::route::{Route, RouteKind};
 use crate::runtime::{Limits, Listeners, Process, Runtime};
 use crate::static_files::{AssetBundle, StaticOptions};
@@ -144,16 +145,6 @@ pub fn compile(
     match rt {
         Some(rt) if problems.is_empty() => Ok(rt),
         _ => Err(ConfigError::Invalid(problems)),
-    }
-}
-
-/// `p` relative to `base` unless absolute.
-pub fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
     }
 }
 

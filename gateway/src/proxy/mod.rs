@@ -30,7 +30,8 @@ pub mod static_files;
 pub mod upstream;
 
 use crate::http::edge_response::{Body, EdgeResponse};
-use crate::runtime::{Limits, SharedRuntime};
+use crate::runtime::Limits;
+use crate::state::SharedRuntime;
 use answer::Verdict;
 use async_trait::async_trait;
 use bytes::Bytes;

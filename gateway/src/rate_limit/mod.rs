@@ -7,9 +7,9 @@
 //! before static or proxy work. A 429 carries `Retry-After` (whole seconds, rounded up) and the
 //! IETF `RateLimit-Policy` / `RateLimit` headers.
 
-use crate::config::file::{PerConf, RatePolicyConf};
-use crate::runtime::SharedRuntime;
-use async_trait::async_trait;
+pub mod key;
+pub mod store;
+
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -18,24 +18,13 @@ use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use http::Method;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
+pub use key::{Decision, LimitKey};
+use serde::Deserialize;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What a request is counted under.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum LimitKey {
-    /// A client address (IPv6 masked to the configured prefix).
-    Ip(IpAddr),
-    /// A subject, header value, or a combination.
-    Text(Box<str>),
-    /// Shared by every key past the cap.
-    Overflow,
-}
 
 /// A keyed GCRA state store with a hard cap on keys.
 #[derive(Debug)]
@@ -152,7 +141,8 @@ pub struct RatePolicy {
     policy_header: http::HeaderValue,
     window_secs: u64,
     burst: u32,
-    shared: Option<crate::shared_store::RedisStore>,
+    /// The Redis store of a `store = "redis"` policy.
+    pub shared: Option<crate::rate_limit::store::RedisStore>,
 }
 
 impl std::fmt::Debug for RatePolicy {
@@ -161,15 +151,6 @@ impl std::fmt::Debug for RatePolicy {
             .field("name", &self.name)
             .finish()
     }
-}
-
-/// The verdict of one policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Allowed; `remaining` requests left in the burst.
-    Allowed { remaining: u32 },
-    /// Over the limit; retry after this many whole seconds (≥ 1).
-    Limited { retry_after: u64 },
 }
 
 impl RatePolicy {
@@ -212,10 +193,10 @@ impl RatePolicy {
             http::HeaderValue::from_str(&format!("\"{name}\";q={};w={window_secs}", conf.quota))
                 .unwrap_or_else(|_| http::HeaderValue::from_static("\"policy\""));
         let shared = match conf.store {
-            crate::config::file::StoreConf::Local => None,
-            crate::config::file::StoreConf::Redis => {
-                use crate::config::file::OnStoreErrorConf as O;
-                use crate::shared_store::OnStoreError;
+            StoreConf::Local => None,
+            StoreConf::Redis => {
+                use crate::rate_limit::store::OnStoreError;
+                use OnStoreErrorConf as O;
                 let url = conf
                     .redis_url
                     .as_deref()
@@ -226,7 +207,7 @@ impl RatePolicy {
                     O::Deny => OnStoreError::Deny,
                 };
                 Some(
-                    crate::shared_store::RedisStore::try_new(
+                    crate::rate_limit::store::RedisStore::try_new(
                         name,
                         url,
                         conf.quota,
@@ -315,7 +296,7 @@ impl RatePolicy {
     /// Counts one request in the policy's store: Redis when configured (one quota for every
     /// replica), with the configured fallback when it cannot answer; else in process.
     pub async fn check_shared(&self, key: &LimitKey) -> Decision {
-        use crate::shared_store::OnStoreError;
+        use crate::rate_limit::store::OnStoreError;
         let Some(store) = &self.shared else {
             return self.check(key);
         };
@@ -390,49 +371,91 @@ impl RouteRule {
     }
 }
 
-/// Background service: periodic cleanup of every policy's state, and the tracked-keys gauge.
-pub struct RateLimitService {
-    runtime: SharedRuntime,
+/// Window of a rate quota.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PerConf {
+    Second,
+    Minute,
+    Hour,
 }
 
-impl RateLimitService {
-    /// Over the shared runtime.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Self { runtime }
-    }
+/// A rate-limit policy.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RatePolicyConf {
+    /// What is counted: `client_ip`, `subject` (verified JWT `sub`, else the client IP),
+    /// `header:<name>` (else the client IP), or several joined with `+`.
+    pub key: String,
+    /// Requests allowed per `per`.
+    pub quota: u32,
+    /// `second`, `minute` or `hour`.
+    pub per: PerConf,
+    /// Requests allowed at once above the steady rate. Default: `quota`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Count and report, but never block. Default false.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Most keys tracked; past it, new keys share one overflow bucket. Default 100000.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// `local` (in-process) or `redis` (one quota shared by every replica). Default `local`.
+    #[serde(default)]
+    pub store: StoreConf,
+    /// With `store = "redis"`: the server, e.g. `redis://127.0.0.1:6379`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// With `store = "redis"`, when Redis cannot answer: `local` limiter, `allow`, `deny`.
+    /// Default `local`.
+    #[serde(default)]
+    pub on_store_error: OnStoreErrorConf,
 }
 
-#[async_trait]
-impl BackgroundService for RateLimitService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let cleanup = crate::runtime::every(
-            &self.runtime,
-            shutdown.clone(),
-            Duration::from_secs(10),
-            |rt| async move {
-                for p in rt.rate_policies.values() {
-                    p.cleanup();
-                    crate::metrics::RATE_TRACKED_KEYS
-                        .with_label_values(&[p.name.as_str()])
-                        .set(p.tracked_keys() as i64);
-                }
-            },
-        );
-        // Shared stores with an open breaker (or never connected) are probed off the request
-        // path: requests never wait on a reconnect.
-        let probe = crate::runtime::every(
-            &self.runtime,
-            shutdown,
-            crate::shared_store::PROBE_PERIOD,
-            |rt| async move {
-                for p in rt.rate_policies.values() {
-                    if let Some(store) = &p.shared {
-                        store.probe().await;
-                    }
-                }
-            },
-        );
-        tokio::join!(cleanup, probe);
+/// Where a policy keeps its counters.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreConf {
+    /// In this process.
+    #[default]
+    Local,
+    /// In Redis, shared by replicas.
+    Redis,
+}
+
+/// Fallback when the shared store fails.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreErrorConf {
+    /// Use the in-process limiter.
+    #[default]
+    Local,
+    /// Let requests through.
+    Allow,
+    /// Refuse requests.
+    Deny,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// Which rate-limit headers responses carry.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitHeadersConf {
+    /// IETF `RateLimit` (and `RateLimit-Policy`) on allowed responses too. Default true.
+    pub ratelimit: bool,
+    /// Legacy `X-RateLimit-Limit/Remaining/Reset`. Default false.
+    pub x_ratelimit: bool,
+}
+
+impl Default for RateLimitHeadersConf {
+    fn default() -> Self {
+        Self {
+            ratelimit: true,
+            x_ratelimit: false,
+        }
     }
 }
 

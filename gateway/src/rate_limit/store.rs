@@ -3,7 +3,7 @@
 //! connection manager. A failing store never takes the gateway down: the policy's
 //! `on_store_error` decides (`local` limiter, `allow`, or `deny`), counted in metrics.
 
-use crate::rate_limit::{Decision, LimitKey};
+use super::key::{Decision, LimitKey};
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
