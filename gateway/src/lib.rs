@@ -10,7 +10,7 @@ pub mod auth;
 pub mod certs;
 pub mod compress;
 pub mod config;
-pub mod conn_guard;
+pub mod conn;
 pub mod cors;
 pub mod headers;
 pub mod http;

@@ -305,7 +305,11 @@ fn access_line(
         field(s, "sub", sub);
     }
     if let Some(d) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
-        field_raw(s, "tls_version", crate::tls::version_label(&d.version));
+        field_raw(
+            s,
+            "tls_version",
+            crate::conn::tls::version_label(&d.version),
+        );
     }
     let version = match req.version {
         http::Version::HTTP_09 => "HTTP/0.9",

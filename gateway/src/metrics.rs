@@ -229,7 +229,7 @@ pub static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
     )
 });
 
-/// Failed TLS handshakes by reason (see [`crate::tls::handshake_failure_reason`]).
+/// Failed TLS handshakes by reason (see [`crate::conn::handshake::handshake_failure_reason`]).
 pub static TLS_HANDSHAKE_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
     register(
         IntCounterVec::new(

@@ -84,10 +84,10 @@ pub fn build(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let edge = crate::conn_guard::EdgeApp::new(
+    let edge = crate::conn::EdgeApp::new(
         pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
         shared.clone(),
-        crate::tls::acceptor(shared.clone()),
+        crate::conn::tls::acceptor(shared.clone()),
     );
     // Plain TCP for pingora: the edge app runs the TLS handshake itself.
     let mut proxy = Service::new("gateway https".into(), edge);

@@ -1,13 +1,11 @@
 //! TLS termination: certificates checked at load, chosen by SNI at handshake.
 //!
 //! Certificates are loaded and verified here *before* pingora sees them (pingora's own
-//! `TlsSettings::build` panics on bad files). The listener gets one [`CertResolver`] that reads
-//! the current [`Runtime`](crate::runtime::Runtime) through the shared `ArcSwap`, so a reload that
+//! `TlsSettings::build` panics on bad files). The listener's resolver
+//! ([`crate::conn::tls`]) reads the current set through the shared `ArcSwap`, so a reload that
 //! swaps the runtime rotates certificates for every new handshake without touching the listener.
 
-use crate::state::SharedRuntime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::fmt;
@@ -237,163 +235,5 @@ impl CertSet {
             })
             .unwrap_or(self.default);
         &self.certs[idx]
-    }
-}
-
-/// rustls certificate resolver over the live runtime.
-pub struct CertResolver {
-    runtime: SharedRuntime,
-}
-
-impl CertResolver {
-    /// A resolver reading certificates from whatever runtime is current at each handshake.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Self { runtime }
-    }
-}
-
-impl fmt::Debug for CertResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("CertResolver")
-    }
-}
-
-impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let rt = self.runtime.load();
-        Some(rt.certs.select(hello.server_name()).key.clone())
-    }
-}
-
-/// `TLSv1_3` (rustls' spelling) → `TLSv1.3` (what operators read everywhere else).
-pub fn version_label(v: &str) -> &'static str {
-    match v {
-        "TLSv1_3" | "TLSv1.3" => "TLSv1.3",
-        "TLSv1_2" | "TLSv1.2" => "TLSv1.2",
-        _ => "other",
-    }
-}
-
-/// Counts an open HTTPS connection for as long as it lives.
-pub struct OpenConnection;
-
-impl OpenConnection {
-    /// A completed handshake: counted by protocol version, and the connection as open.
-    pub fn handshake_done(version: &str) -> Self {
-        crate::metrics::TLS_HANDSHAKES
-            .with_label_values(&[version_label(version)])
-            .inc();
-        crate::metrics::OPEN_CONNECTIONS
-            .with_label_values(&["https"])
-            .inc();
-        Self
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        crate::metrics::OPEN_CONNECTIONS
-            .with_label_values(&["https"])
-            .dec();
-    }
-}
-
-/// Cipher suites in the order the server picks them (`ignore_client_order`): AEAD only, with
-/// forward secrecy; AES-128-GCM first (as strong as the 128-bit-secure key exchanges, and its
-/// SHA-256 key schedule is cheaper than SHA-384), ChaCha20 for clients without AES hardware.
-fn cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
-    use rustls::crypto::ring::cipher_suite as cs;
-    vec![
-        cs::TLS13_AES_128_GCM_SHA256,
-        cs::TLS13_AES_256_GCM_SHA384,
-        cs::TLS13_CHACHA20_POLY1305_SHA256,
-        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-    ]
-}
-
-/// The rustls configuration of the HTTPS listener: TLS 1.2/1.3, the server's cipher order,
-/// ALPN h2 + http/1.1, certificates from the resolver (so reloads rotate them).
-pub fn server_config(runtime: SharedRuntime) -> rustls::ServerConfig {
-    let provider = rustls::crypto::CryptoProvider {
-        cipher_suites: cipher_suites(),
-        ..rustls::crypto::ring::default_provider()
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3 with these suites"))
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(CertResolver::new(runtime)));
-    config.ignore_client_order = true;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config
-}
-
-/// The HTTPS listener's acceptor. The gateway runs the handshake itself (in
-/// [`EdgeApp`](crate::conn_guard::EdgeApp)) rather than through pingora's `TlsSettings`, whose
-/// builder offers no way to set the server's cipher order.
-pub fn acceptor(runtime: SharedRuntime) -> pingora_core::listeners::tls::Acceptor {
-    pingora_core::listeners::tls::Acceptor::from_server_config(Arc::new(server_config(runtime)))
-}
-
-/// The reason label (`gateway_tls_handshake_failures_total`) of a failed handshake's error.
-pub fn handshake_failure_reason(error: &str) -> &'static str {
-    let m = error.to_ascii_lowercase();
-    if m.contains("eof") || m.contains("reset by peer") || m.contains("broken pipe") {
-        "client_closed"
-    } else if m.contains("received fatal alert") {
-        // The client refused us (e.g. it does not trust the certificate).
-        "client_alert"
-    } else if m.contains("nociphersuitesincommon") {
-        "no_shared_cipher"
-    } else if m.contains("version") {
-        "protocol_version"
-    } else if m.contains("peer is incompatible") {
-        "incompatible"
-    } else if m.contains("corrupt message")
-        || m.contains("peer misbehaved")
-        || m.contains("invalid")
-    {
-        "malformed"
-    } else {
-        "other"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handshake_failure_messages_are_classified() {
-        let base = "TLSHandshakeFailure context: TLS accept() failed cause: ";
-        for (tail, want) in [
-            ("tls handshake eof", "client_closed"),
-            ("Connection reset by peer (os error 104)", "client_closed"),
-            ("received fatal alert: UnknownCA", "client_alert"),
-            (
-                "peer is incompatible: NoCipherSuitesInCommon",
-                "no_shared_cipher",
-            ),
-            (
-                "peer is incompatible: SupportedVersionsExtensionRequired",
-                "protocol_version",
-            ),
-            (
-                "received corrupt message of type InvalidContentType",
-                "malformed",
-            ),
-            ("something new", "other"),
-        ] {
-            assert_eq!(
-                handshake_failure_reason(&format!("{base}{tail}")),
-                want,
-                "{tail}"
-            );
-        }
     }
 }

@@ -224,7 +224,7 @@ pub fn check(session: &Session, ctx: &mut Ctx) -> Verdict {
     let escaped_line = session.as_http1().is_some_and(|h1| {
         (**h1.stream())
             .as_any()
-            .downcast_ref::<crate::conn_guard::HeadDeadline>()
+            .downcast_ref::<crate::conn::stream::EdgeStream>()
             .is_some_and(|s| s.request_line_refused())
     });
     let verdict = if both_te_and_cl {

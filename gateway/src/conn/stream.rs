@@ -1,320 +1,55 @@
-//! What applies to a downstream connection as a whole, before pingora's HTTP code sees it: the
-//! deadline for a request's header block and the cap on concurrent connections per client IP.
-//!
-//! pingora 0.9.1 bounds each *read* of a request head, not the head as a whole, so a client
-//! trickling one byte every few seconds keeps a connection (and its buffers) forever. This
-//! app wraps pingora's: each HTTP/1 connection's stream is wrapped in [`HeadDeadline`], which
-//! notices where a request head starts and ends in the bytes it reads and fails the read once
-//! a head has taken longer than `header_timeout_ms` (the connection closes; a head that never
-//! completed has nothing to answer). HTTP/2 connections are not wrapped (their headers come in
-//! frames the h2 library bounds).
-//!
-//! Between HTTP/1 requests the connection waits here, not inside pingora: pingora's
-//! per-request state (a boxed future of the whole proxy phase machine and a 4 KiB header
-//! buffer) is only built once the next request's first byte has arrived, so an idle keep-alive
-//! connection holds the TLS session and little else, as in nginx. The wait ends at the
-//! keep-alive timeout (60 s, pingora's), on shutdown, or when the client closes.
-//!
-//! The TLS handshake runs here too, not in pingora's listener: the per-IP cap is checked
-//! before any handshake work, the handshake is bounded by `tls_handshake_timeout_ms` (pingora
-//! gives every handshake a fixed 60 s), a failure is counted by reason from the rustls error
-//! itself, and the rustls configuration is ours ([`crate::tls::server_config`]).
+//! [`EdgeStream`]: the HTTP/1 connection's stream as pingora sees it. It fails its reads
+//! once a request head takes longer than `header_timeout_ms` (pingora 0.9.1 bounds each read
+//! of a head, not the head as a whole, so a client trickling one byte every few seconds would
+//! keep a connection forever), holds bytes peeked ahead, and flags a request line pingora
+//! would escape. Its write side is in [`super::coalesce`], its idle wait in
+//! [`super::keepalive`].
 
-use crate::state::SharedRuntime;
+use super::head::{end_of_head, Phase, RequestLine};
 use async_trait::async_trait;
-use dashmap::DashMap;
-use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::listeners::tls::Acceptor;
-use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::tls::TlsStream;
 use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID, ALPN,
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Ssl, Stream, UniqueID, ALPN,
 };
-use pingora_core::server::ShutdownWatch;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// The HTTPS listener's app: guards, then hands the connection to pingora's proxy app.
-pub struct EdgeApp<A> {
-    inner: Arc<A>,
-    runtime: SharedRuntime,
-    per_ip: DashMap<IpAddr, u32>,
-    acceptor: Acceptor,
-}
-
-impl<A> EdgeApp<A> {
-    /// Wraps `inner` (pingora's `HttpProxy`); `acceptor` runs the TLS handshakes.
-    pub fn new(inner: A, runtime: SharedRuntime, acceptor: Acceptor) -> Self {
-        Self {
-            inner: Arc::new(inner),
-            runtime,
-            per_ip: DashMap::new(),
-            acceptor,
-        }
-    }
-}
-
-/// The handshake bound when `tls_handshake_timeout_ms = 0` (pingora's own fixed value).
-const FALLBACK_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Runs the handshake of a freshly accepted connection under `limit`; a failure is counted by
-/// reason and logged at debug level (a scanner or a client hanging up is not an error here).
-async fn handshake(
-    acceptor: &Acceptor,
-    stream: Stream,
-    limit: Option<Duration>,
-) -> Option<TlsStream<L4Stream>> {
-    let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
-        debug_assert!(false, "the HTTPS listener hands over plain TCP streams");
-        return None;
-    };
-    // `0` in the config turns our deadline off, not the bound: pingora's 60 s remains.
-    let limit = limit.unwrap_or(FALLBACK_HANDSHAKE_TIMEOUT);
-    let reason = match tokio::time::timeout(limit, acceptor.tls_handshake(*l4)).await {
-        Ok(Ok(tls)) => return Some(tls),
-        Ok(Err(e)) => {
-            let reason = crate::tls::handshake_failure_reason(&e.to_string());
-            tracing::debug!(reason, error = %e, "TLS handshake failed");
-            reason
-        }
-        Err(_) => {
-            tracing::debug!("TLS handshake deadline passed: connection closed");
-            "timeout"
-        }
-    };
-    crate::metrics::TLS_HANDSHAKE_FAILURES
-        .with_label_values(&[reason])
-        .inc();
-    None
-}
-
-/// One counted connection of a client IP; released on drop.
-struct Slot<'a> {
-    map: &'a DashMap<IpAddr, u32>,
-    ip: IpAddr,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        // Remove emptied entries so the map holds only IPs with open connections.
-        self.map.remove_if_mut(&self.ip, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
-    }
-}
-
-/// Takes a slot for `ip` unless it already holds `max` connections (`max == 0`: no cap).
-fn acquire(map: &DashMap<IpAddr, u32>, ip: IpAddr, max: u32) -> Option<Slot<'_>> {
-    let mut n = map.entry(ip).or_insert(0);
-    if max > 0 && *n >= max {
-        return None;
-    }
-    *n += 1;
-    drop(n);
-    Some(Slot { map, ip })
-}
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// How long an HTTP/1 connection may sit idle between requests (pingora's default, which
 /// its own reads of a reused connection also apply).
-const KEEPALIVE_SECS: u64 = 60;
-const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
-
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let (max, head_timeout, tls_timeout, v6_prefix) = {
-            let rt = self.runtime.load();
-            (
-                rt.limits.max_connections_per_ip,
-                rt.limits.header_timeout,
-                rt.limits.tls_handshake_timeout,
-                rt.ipv6_prefix,
-            )
-        };
-        // Keyed like the rate limits: one IPv6 client holds a whole prefix (a /64 by default),
-        // so counting full addresses would give it `max` × 2^64 connections.
-        let ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-            .map(|ip| crate::http::client_ip::mask(ip, v6_prefix));
-        // The cap comes before the handshake: a refused connection costs no key exchange.
-        let _slot = match ip {
-            Some(ip) => match acquire(&self.per_ip, ip, max) {
-                Some(slot) => Some(slot),
-                None => {
-                    crate::metrics::CONNECTIONS_REFUSED
-                        .with_label_values(&["per_ip_limit"])
-                        .inc();
-                    tracing::debug!(%ip, max, "connection refused: per-IP connection cap");
-                    return None;
-                }
-            },
-            None => None,
-        };
-        let tls = handshake(&self.acceptor, stream, tls_timeout).await?;
-        let version = tls.get_ssl_digest();
-        let _open = crate::tls::OpenConnection::handshake_done(
-            version.as_ref().map_or("", |d| d.version.as_ref()),
-        );
-        let stream: Stream = Box::new(tls);
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
-        // HTTP/1.x: pingora's keep-alive loop (`ServerApp for HttpServerApp`), with the waits
-        // for a request moved out of its per-request state. The connection stays typed here
-        // (pingora hands back the same box), so the wait costs no allocation or new timer.
-        let mut conn = Box::new(HeadDeadline::new(stream, head_timeout));
-        let mut watch = shutdown.clone();
-        let mut settings = None;
-        loop {
-            if *watch.borrow() || !conn.next_request(KEEPALIVE, &mut watch).await {
-                return None;
-            }
-            // The session lives only in this block: kept in scope across the await, its
-            // (moved-out) storage would stay in this connection's future while it idles.
-            let request = {
-                let mut session = ServerSession::new_http1(conn);
-                match settings.take() {
-                    // Carries the keep-alive timeout and the remaining reuses. We never enable
-                    // pipelining, so it carries no already-read request bytes to wait behind.
-                    Some(s) => pingora_core::apps::HttpPersistentSettings::apply_to_session(
-                        s,
-                        &mut session,
-                    ),
-                    None => {
-                        session.set_keepalive(Some(KEEPALIVE_SECS));
-                        session.set_keepalive_reuses_remaining(
-                            self.inner
-                                .server_options()
-                                .and_then(|o| o.keepalive_request_limit),
-                        );
-                    }
-                }
-                self.inner.process_new_http(session, shutdown)
-            };
-            let (next, s) = request.await?.consume();
-            let Ok(next) = next.into_any().downcast::<HeadDeadline>() else {
-                debug_assert!(false, "pingora returned another stream");
-                return None;
-            };
-            conn = next;
-            settings = s;
-        }
-    }
-
-    async fn cleanup(&self) {
-        self.inner.http_cleanup().await;
-    }
-}
-
-/// Where the connection is in its request/response cycle, as seen from its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Reading a request head (the deadline runs).
-    Head,
-    /// The head is complete: body, response, or pipelined data (no deadline).
-    Body,
-    /// A response was written: the next bytes read may start a new head.
-    Idle,
-}
-
-/// A stream that fails its reads once a request head takes longer than `timeout`.
-#[derive(Debug)]
-pub struct HeadDeadline {
-    inner: Stream,
-    /// None: no header deadline (`limits.header_timeout_ms = 0`).
-    timeout: Option<Duration>,
-    phase: Phase,
-    /// How many bytes of `\r\n\r\n` the head read so far ends with.
-    matched: u8,
-    /// The head deadline while a head is read (with `timeout`); otherwise the keep-alive
-    /// wait's timer. One timer per connection, re-armed lazily.
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    /// Bytes read by [`Peek::try_peek`], handed out by the next reads (`peeked[pos..len]`).
-    peeked: [u8; PEEK_MAX],
-    peeked_pos: u8,
-    peeked_len: u8,
-    /// A response head held back to go out with the first body write (see [`MERGE_MAX`]).
-    pending: Vec<u8>,
-    /// Whether a body write has joined `pending` (only one does).
-    merged: bool,
-    /// The request line of the head being read, checked as its bytes pass.
-    line: RequestLine,
-}
-
-/// What the bytes of one request line showed. pingora 0.9.1 re-parses a request line that
-/// httparse refused after percent-encoding spaces, controls and `"<>` in it
-/// (`escape_illegal_request_line`), so `GET /a b HTTP/1.1` reaches the phases as `/a%20b`;
-/// only the raw bytes still tell such a line from a well-formed one (nginx answers 400).
-#[derive(Debug, Clone, Copy, Default)]
-struct RequestLine {
-    /// The line's end has been seen.
-    done: bool,
-    /// A byte other than CR/LF has been seen (empty lines may precede a request line).
-    started: bool,
-    /// Spaces seen (a request line has exactly two).
-    spaces: u8,
-    /// A byte no request line may hold raw, or a third space.
-    bad: bool,
-}
-
-impl RequestLine {
-    /// Advances over `bytes`, which continue the head from where the last call stopped.
-    fn scan(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.done {
-                return;
-            }
-            match b {
-                b'\n' if self.started => self.done = true,
-                b'\r' | b'\n' => {}
-                b' ' => {
-                    self.started = true;
-                    self.spaces += 1;
-                    self.bad |= self.spaces > 2;
-                }
-                0..=0x1f | 0x7f..=0xff | b'"' | b'<' | b'>' => {
-                    self.started = true;
-                    self.bad = true;
-                }
-                _ => self.started = true,
-            }
-        }
-    }
-}
-
-/// Whether a write is an interim (1xx) response head: the final response is still to come, so
-/// the request (and its body, e.g. after `100 Continue`) is not over.
-fn is_interim_head(data: &[u8]) -> bool {
-    data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1'
-}
-
-/// A small response head is held until the body's first write and both are encrypted as one
-/// TLS record: one AES-GCM seal and one record header fewer per response, one syscall instead
-/// of two when the pair outgrows the socket buffer. Only when head and body together fit in
-/// this many bytes (above it the copy would cost more than the record saves).
-const MERGE_MAX: usize = 8 * 1024;
+pub const KEEPALIVE_SECS: u64 = 60;
+pub const KEEPALIVE: Duration = Duration::from_secs(KEEPALIVE_SECS);
 
 /// The most a peek can look ahead (an HTTP/2 preface is 24 bytes).
 const PEEK_MAX: usize = 24;
 
-thread_local! {
-    /// Empty merge buffers (capacity [`MERGE_MAX`]) for the next response on this thread.
-    static MERGE_BUFFERS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+/// A stream that fails its reads once a request head takes longer than `timeout`.
+#[derive(Debug)]
+pub struct EdgeStream {
+    pub(super) inner: Stream,
+    /// None: no header deadline (`limits.header_timeout_ms = 0`).
+    pub(super) timeout: Option<Duration>,
+    pub(super) phase: Phase,
+    /// How many bytes of `\r\n\r\n` the head read so far ends with.
+    pub(super) matched: u8,
+    /// The head deadline while a head is read (with `timeout`); otherwise the keep-alive
+    /// wait's timer. One timer per connection, re-armed lazily.
+    pub(super) deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Bytes read by [`Peek::try_peek`], handed out by the next reads (`peeked[pos..len]`).
+    pub(super) peeked: [u8; PEEK_MAX],
+    pub(super) peeked_pos: u8,
+    pub(super) peeked_len: u8,
+    /// A response head held back to go out with the first body write (see [`MERGE_MAX`]).
+    pub(super) pending: Vec<u8>,
+    /// Whether a body write has joined `pending` (only one does).
+    pub(super) merged: bool,
+    /// The request line of the head being read, checked as its bytes pass.
+    pub(super) line: RequestLine,
 }
 
-impl HeadDeadline {
+impl EdgeStream {
     /// Wraps a freshly accepted stream: the first head's deadline starts now (a connection
     /// that never sends a complete head is closed at the deadline too).
     pub fn new(inner: Stream, timeout: Option<Duration>) -> Self {
@@ -340,105 +75,9 @@ impl HeadDeadline {
         self.line.bad
     }
 
-    /// Writes out whatever is held back. Pingora's buffered stream below gives the same
-    /// promise (data written is sent at the latest on flush), so holding a head until the
-    /// next write or flush changes no timing a caller can rely on.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while !self.pending.is_empty() {
-            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
-            if n == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
-            self.pending.drain(..n);
-        }
-        self.release_pending();
-        Poll::Ready(Ok(()))
-    }
-
-    /// Returns the (written-out) head buffer to the thread's pool.
-    fn release_pending(&mut self) {
-        // Back to the thread's pool, not kept: 10,000 idle keep-alive connections must not
-        // each hold a buffer.
-        let mut buf = std::mem::take(&mut self.pending);
-        // Emptied here, whatever the caller wrote out of it: a stale head must never be
-        // sent again by the next response that takes this buffer.
-        buf.clear();
-        if buf.capacity() > 0 {
-            MERGE_BUFFERS.with(|pool| {
-                let mut pool = pool.borrow_mut();
-                if pool.len() < 64 {
-                    pool.push(buf);
-                }
-            });
-        }
-        self.merged = false;
-    }
-
-    /// The held head and a body write too large to copy behind it, in one vectored write:
-    /// rustls packs them into the same TLS record(s), so a 16 KB response is one record and
-    /// one syscall instead of a small record for the head and a second write. `Ready(None)`:
-    /// the head went out but none of `data` did (the caller writes it normally).
-    fn poll_write_with_head(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<Option<usize>>> {
-        while !self.pending.is_empty() {
-            let bufs = [
-                std::io::IoSlice::new(&self.pending),
-                std::io::IoSlice::new(data),
-            ];
-            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs))?;
-            if n == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
-            let head = self.pending.len();
-            if n >= head {
-                self.release_pending();
-                if n > head {
-                    return Poll::Ready(Ok(Some(n - head)));
-                }
-            } else {
-                self.pending.drain(..n);
-            }
-        }
-        Poll::Ready(Ok(None))
-    }
-
-    /// Advances the `\r\n\r\n` matcher over `bytes`; true when the head ended in them.
-    /// A SIMD substring search does the bulk (this runs on every byte a client sends in a head);
-    /// only the few bytes around a read boundary are matched one by one.
+    /// Advances the head's `\r\n\r\n` matcher over `bytes`; true when the head ended in them.
     fn scan(&mut self, bytes: &[u8]) -> bool {
-        const END: &[u8; 4] = b"\r\n\r\n";
-        // A terminator split across reads: finish the partial match first.
-        let mut i = 0;
-        while self.matched > 0 && i < bytes.len() {
-            let b = bytes[i];
-            self.matched = if b == END[self.matched as usize] {
-                self.matched + 1
-            } else {
-                u8::from(b == b'\r')
-            };
-            i += 1;
-            if self.matched == 4 {
-                self.matched = 0;
-                return true;
-            }
-        }
-        let rest = &bytes[i..];
-        if memchr::memmem::find(rest, END).is_some() {
-            self.matched = 0;
-            return true;
-        }
-        // How much of a terminator the read ends with (when `rest` is shorter than 3 bytes the
-        // state carried in above still stands unless `rest` changes it).
-        if !rest.is_empty() {
-            self.matched = [3usize, 2, 1]
-                .into_iter()
-                .find(|&n| rest.len() >= n && rest[rest.len() - n..] == END[..n])
-                .map_or(0, |n| n as u8);
-        }
-        false
+        end_of_head(&mut self.matched, bytes)
     }
 
     fn on_read(&mut self, bytes: &[u8]) {
@@ -475,9 +114,9 @@ impl HeadDeadline {
     }
 }
 
-impl HeadDeadline {
+impl EdgeStream {
     /// A read from the stream below, under the head deadline, tracking the phase.
-    fn poll_read_inner(
+    pub(super) fn poll_read_inner(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
@@ -503,52 +142,7 @@ impl HeadDeadline {
     }
 }
 
-impl HeadDeadline {
-    /// Waits until the next request's first byte has arrived (kept for the next read) while
-    /// holding nothing per request. False when the connection should close: `keepalive` idle,
-    /// shutdown, the client closing, the head deadline, or an error.
-    async fn next_request(&mut self, keepalive: Duration, shutdown: &mut ShutdownWatch) -> bool {
-        if self.peeked_pos < self.peeked_len {
-            return true;
-        }
-        let idle_until = tokio::time::Instant::now() + keepalive;
-        let mut shutdown = std::pin::pin!(shutdown.changed());
-        std::future::poll_fn(|cx| {
-            let mut byte = [0u8; 1];
-            let mut rb = ReadBuf::new(&mut byte);
-            match self.poll_read_inner(cx, &mut rb) {
-                Poll::Ready(Ok(())) if rb.filled().len() == 1 => {
-                    (self.peeked[0], self.peeked_pos, self.peeked_len) = (byte[0], 0, 1);
-                    return Poll::Ready(true);
-                }
-                // End of stream, an error, the head deadline.
-                Poll::Ready(_) => return Poll::Ready(false),
-                Poll::Pending => {}
-            }
-            if shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            // The timer is the head deadline while a head is read under one; otherwise it
-            // times the idle wait, re-armed only when it fires early or would fire late.
-            if self.phase == Phase::Head && self.timeout.is_some() {
-                return Poll::Pending;
-            }
-            if self.deadline.deadline() > idle_until {
-                self.deadline.as_mut().reset(idle_until);
-            }
-            while self.deadline.as_mut().poll(cx).is_ready() {
-                if tokio::time::Instant::now() >= idle_until {
-                    return Poll::Ready(false);
-                }
-                self.deadline.as_mut().reset(idle_until);
-            }
-            Poll::Pending
-        })
-        .await
-    }
-}
-
-impl AsyncRead for HeadDeadline {
+impl AsyncRead for EdgeStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -578,91 +172,13 @@ impl AsyncRead for HeadDeadline {
     }
 }
 
-impl AsyncWrite for HeadDeadline {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.phase == Phase::Body && !is_interim_head(data) {
-            // The first write of a final response is its head: hold it if small. An interim
-            // head (`100 Continue`) goes out at once and the request's body may still follow:
-            // its bytes must not be taken for the next request's head.
-            this.phase = Phase::Idle;
-            if this.pending.is_empty() && data.len() < MERGE_MAX {
-                // A pooled buffer: allocating and freeing 8 KiB per response cost more than
-                // the merge saved.
-                this.pending = MERGE_BUFFERS
-                    .with(|pool| pool.borrow_mut().pop())
-                    .unwrap_or_else(|| Vec::with_capacity(MERGE_MAX));
-                this.pending.extend_from_slice(data);
-                return Poll::Ready(Ok(data.len()));
-            }
-        }
-        if !this.pending.is_empty() {
-            if !this.merged && this.pending.len() + data.len() <= MERGE_MAX {
-                // Accepted once copied; sent now if the socket takes it, else on the next
-                // write or flush.
-                this.pending.extend_from_slice(data);
-                this.merged = true;
-                if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-                    return Poll::Ready(Err(e));
-                }
-                return Poll::Ready(Ok(data.len()));
-            }
-            if !this.merged && this.inner.is_write_vectored() {
-                if let Some(n) = std::task::ready!(this.poll_write_with_head(cx, data))? {
-                    return Poll::Ready(Ok(n));
-                }
-            }
-            std::task::ready!(this.poll_drain(cx))?;
-        }
-        Pin::new(&mut this.inner).poll_write(cx, data)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        std::task::ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        std::task::ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.phase == Phase::Body && !bufs.first().is_some_and(|b| is_interim_head(b)) {
-            this.phase = Phase::Idle;
-        }
-        std::task::ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-#[async_trait]
-impl Shutdown for HeadDeadline {
-    async fn shutdown(&mut self) {
-        // What is held back goes out first (a failure here is the peer gone: nothing to do).
-        let _ = std::future::poll_fn(|cx| self.poll_drain(cx)).await;
-        self.inner.shutdown().await;
-    }
-}
-
-impl UniqueID for HeadDeadline {
+impl UniqueID for EdgeStream {
     fn id(&self) -> pingora_core::protocols::UniqueIDType {
         self.inner.id()
     }
 }
 
-impl Ssl for HeadDeadline {
+impl Ssl for EdgeStream {
     fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
         self.inner.get_ssl()
     }
@@ -674,7 +190,7 @@ impl Ssl for HeadDeadline {
     }
 }
 
-impl GetTimingDigest for HeadDeadline {
+impl GetTimingDigest for EdgeStream {
     fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
         self.inner.get_timing_digest()
     }
@@ -686,13 +202,13 @@ impl GetTimingDigest for HeadDeadline {
     }
 }
 
-impl GetProxyDigest for HeadDeadline {
+impl GetProxyDigest for EdgeStream {
     fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
         self.inner.get_proxy_digest()
     }
 }
 
-impl GetSocketDigest for HeadDeadline {
+impl GetSocketDigest for EdgeStream {
     fn get_socket_digest(&self) -> Option<Arc<pingora_core::protocols::SocketDigest>> {
         self.inner.get_socket_digest()
     }
@@ -702,7 +218,7 @@ impl GetSocketDigest for HeadDeadline {
 /// consuming them: the next reads return them first. The bytes count toward the head (phase,
 /// deadline) when peeked. An end of stream before that is `UnexpectedEof`.
 #[async_trait]
-impl Peek for HeadDeadline {
+impl Peek for EdgeStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         if buf.len() > PEEK_MAX {
             return Ok(false);
@@ -737,10 +253,13 @@ impl Peek for HeadDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::coalesce::MERGE_MAX;
+    use pingora_core::protocols::Shutdown;
+    use tokio::io::AsyncWrite;
 
-    fn wrapped() -> HeadDeadline {
+    fn wrapped() -> EdgeStream {
         let io = tokio_test_stream();
-        HeadDeadline::new(io, Some(Duration::from_secs(10)))
+        EdgeStream::new(io, Some(Duration::from_secs(10)))
     }
 
     fn tokio_test_stream() -> Stream {
@@ -879,9 +398,9 @@ mod tests {
 
     /// A wrapper over one end of an in-memory pipe (always writable), and the other end to
     /// read what it sent.
-    fn wrapped_pair() -> (HeadDeadline, tokio::io::DuplexStream) {
+    fn wrapped_pair() -> (EdgeStream, tokio::io::DuplexStream) {
         let (a, b) = tokio::io::duplex(256 * 1024);
-        let mut d = HeadDeadline::new(Box::new(a), Some(Duration::from_secs(10)));
+        let mut d = EdgeStream::new(Box::new(a), Some(Duration::from_secs(10)));
         d.on_read(b"GET / HTTP/1.1\r\n\r\n");
         (d, b)
     }
@@ -1024,7 +543,7 @@ mod tests {
     async fn a_peek_is_under_the_head_deadline() {
         use tokio::io::AsyncWriteExt as _;
         let (a, mut peer) = tokio::io::duplex(1024);
-        let mut d = HeadDeadline::new(Box::new(a), Some(Duration::from_millis(100)));
+        let mut d = EdgeStream::new(Box::new(a), Some(Duration::from_millis(100)));
         peer.write_all(b"G").await.expect("one byte");
         let mut two = [0u8; 2];
         // One byte of a head and then silence: the deadline ends the wait.
@@ -1111,7 +630,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_body_goes_out_with_the_held_head_in_one_vectored_write() {
         use tokio::io::AsyncWriteExt as _;
-        let mut d = HeadDeadline::new(Box::new(Recorder::default()), None);
+        let mut d = EdgeStream::new(Box::new(Recorder::default()), None);
         d.on_read(b"GET / HTTP/1.1\r\n\r\n");
         let head = b"HTTP/1.1 200 OK\r\ncontent-length: 16000\r\n\r\n";
         let body = vec![b'x'; 16_000];
@@ -1192,38 +711,5 @@ mod tests {
         d.write_all(b"HTTP/1.1 500 x\r\n\r\n").await.expect("head");
         Shutdown::shutdown(&mut d).await;
         assert_eq!(read_now(&mut peer).await, b"HTTP/1.1 500 x\r\n\r\n");
-    }
-
-    #[test]
-    fn per_ip_slots_are_capped_and_released() {
-        let map = DashMap::new();
-        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
-        let a = acquire(&map, ip, 2).expect("first");
-        let b = acquire(&map, ip, 2).expect("second");
-        assert!(acquire(&map, ip, 2).is_none(), "third refused");
-        drop(a);
-        let c = acquire(&map, ip, 2).expect("after release");
-        drop((b, c));
-        assert!(
-            map.is_empty(),
-            "no entry kept for an IP without connections"
-        );
-        assert!(acquire(&map, ip, 0).is_some(), "0 = no cap");
-    }
-
-    #[test]
-    fn ipv6_clients_are_capped_by_prefix_like_the_rate_limits() {
-        let map = DashMap::new();
-        let key = |s: &str| crate::http::client_ip::mask(s.parse().expect("ip"), 64);
-        let _a = acquire(&map, key("2001:db8:1:2::1"), 2).expect("first");
-        let _b = acquire(&map, key("2001:db8:1:2:ffff::9"), 2).expect("second, same /64");
-        assert!(
-            acquire(&map, key("2001:db8:1:2:1234::5"), 2).is_none(),
-            "a third address of the same /64 is refused"
-        );
-        assert!(
-            acquire(&map, key("2001:db8:1:3::1"), 2).is_some(),
-            "another /64 is another client"
-        );
     }
 }
