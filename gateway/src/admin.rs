@@ -7,6 +7,7 @@
 //! reload error; `POST /reload` — reload now. `/config` and `/reload` require the bearer token
 //! from `[admin] token_file` when one is configured.
 
+use crate::http::edge_response::EdgeResponse;
 use crate::lifecycle::Lifecycle;
 use crate::reload::{Outcome, Reloader};
 use crate::route::RouteKind;
@@ -48,23 +49,21 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         // Constant-time comparison: the token is a secret.
-        given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            token.as_bytes(),
+        ))
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("Content-Type", content_type)
-        .header("Content-Length", body.len())
-        .header("Cache-Control", "no-store")
-        .body(body)
-        .unwrap_or_else(|_| Response::new(Vec::new()))
+/// An admin answer: never cached (probes, metrics and config are live state).
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = EdgeResponse::new(status, 3).with_body(content_type, body.into());
+    r.put(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r.into_http()
 }
 
 /// Names of pools used by a route that have no healthy peer.
@@ -121,7 +120,7 @@ impl ServeHttp for Admin {
                 Ok(Err(e)) => respond(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "application/json",
-                    serde_json::json!({"error": "invalid_config", "detail": e})
+                    serde_json::json!({"error": "invalid_config", "detail": e.to_string()})
                         .to_string()
                         .into_bytes(),
                 ),

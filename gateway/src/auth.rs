@@ -650,7 +650,10 @@ impl JwtProvider {
         }
         let mut algorithms = Vec::new();
         for a in &conf.algorithms {
-            algorithms.push(parse_alg(a).ok_or_else(|| ProviderError::BadAlgorithm(a.clone()))?);
+            match a {
+                AlgorithmConf::Known(a) => algorithms.push(*a),
+                AlgorithmConf::Unknown(a) => return Err(ProviderError::BadAlgorithm(a.clone())),
+            }
         }
         if algorithms.is_empty() {
             return Err(ProviderError::NoAlgorithms);
@@ -1121,12 +1124,12 @@ pub fn extract_token<'a>(
     if let Some(name) = cookie {
         for h in req.headers.get_all(http::header::COOKIE) {
             let Ok(h) = h.to_str() else { continue };
-            for pair in h.split(';') {
-                if let Some((k, v)) = pair.trim().split_once('=') {
-                    if k == name && !v.is_empty() {
-                        return Ok(v);
-                    }
-                }
+            let found = cookie::Cookie::split_parse(h)
+                .filter_map(Result::ok)
+                .filter(|c| c.name_raw() == Some(name))
+                .find_map(|c| c.value_raw().filter(|v| !v.is_empty()));
+            if let Some(v) = found {
+                return Ok(v);
             }
         }
     }
@@ -1145,7 +1148,7 @@ pub struct JwtProviderConf {
     /// Allowed `alg` values. Default `["EdDSA"]`. Choices: EdDSA, ES256, ES384, RS256, RS384,
     /// RS512, PS256, PS384, PS512, HS256, HS384, HS512.
     #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<AlgorithmConf>,
     /// Clock skew allowed on `exp`, `nbf`, `iat`, seconds. Default 30.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -1208,8 +1211,19 @@ pub struct JwtProviderConf {
     pub realm: String,
 }
 
-fn default_algorithms() -> Vec<String> {
-    vec!["EdDSA".into()]
+fn default_algorithms() -> Vec<AlgorithmConf> {
+    vec![AlgorithmConf::Known(Algorithm::EdDSA)]
+}
+
+/// One entry of `algorithms`: a JOSE `alg` name, or anything else — kept as written so that
+/// validation reports it with every other problem of the file (serde would stop at the first).
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum AlgorithmConf {
+    /// A supported algorithm (exact spelling).
+    Known(Algorithm),
+    /// Not one (`none`, a typo): refused by validation.
+    Unknown(String),
 }
 
 fn default_leeway() -> u64 {
@@ -1275,6 +1289,29 @@ impl JwtProviderConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_taken_from_its_cookie_only() {
+        let req = |cookies: &[&str]| {
+            let mut r = pingora_http::RequestHeader::build("GET", b"/", None).expect("req");
+            for c in cookies {
+                r.append_header("cookie", *c).expect("cookie");
+            }
+            r
+        };
+        let r = req(&["theme=dark; session=abc.def.ghi; x=1"]);
+        assert_eq!(extract_token(&r, Some("session")), Ok("abc.def.ghi"));
+        assert_eq!(extract_token(&r, Some("sess")), Err(AuthRejection::Missing));
+        assert_eq!(extract_token(&r, None), Err(AuthRejection::Missing));
+        // An empty value is no token; a later header may still carry one.
+        let r = req(&["session=", "session=t2"]);
+        assert_eq!(extract_token(&r, Some("session")), Ok("t2"));
+        // `Authorization` wins over the cookie.
+        let mut r = req(&["session=fromcookie"]);
+        r.append_header("authorization", "Bearer fromheader")
+            .expect("auth");
+        assert_eq!(extract_token(&r, Some("session")), Ok("fromheader"));
+    }
 
     fn identity_until(exp: u64) -> Arc<Identity> {
         Arc::new(Identity {

@@ -56,8 +56,42 @@ pub struct Vars<'a> {
     pub route: &'a str,
 }
 
+/// Why a header rule's value template is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    /// A `}` without its `{`.
+    #[error("`{0}`: unmatched `}}` (write `}}}}`)")]
+    Unmatched(String),
+    /// A `{` without its `}`.
+    #[error("`{0}`: unclosed `{{`")]
+    Unclosed(String),
+    /// A `{name}` that is not a variable.
+    #[error("`{0}`: unknown variable `{{{1}}}` (known: {{request_id}}, {{client_ip}}, {{route}})")]
+    UnknownVariable(String, String),
+    /// Bytes no header value may hold.
+    #[error("`{0}` is not a valid header value")]
+    Invalid(String),
+}
+
+/// Why a header rule is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// Not a header name.
+    #[error("`{0}` is not a valid header name")]
+    BadName(String),
+    /// Framing, identity or encoding headers belong to the gateway.
+    #[error("`{0}` is managed by the gateway and can't be changed by rules")]
+    Managed(String),
+    /// The value template of header `.0`.
+    #[error("`{0}`: {1}")]
+    Value(String, ValueError),
+    /// A request without `Host` can't be forwarded.
+    #[error("`host` can be set but not removed")]
+    HostRemoved,
+}
+
 impl Value {
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, ValueError> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
@@ -70,20 +104,16 @@ impl Value {
                 continue;
             }
             if tail.starts_with('}') {
-                return Err(format!("`{text}`: unmatched `}}` (write `}}}}`)"));
+                return Err(ValueError::Unmatched(text.into()));
             }
             let end = tail
                 .find('}')
-                .ok_or_else(|| format!("`{text}`: unclosed `{{`"))?;
+                .ok_or_else(|| ValueError::Unclosed(text.into()))?;
             let var = match &tail[1..end] {
                 "request_id" => Var::RequestId,
                 "client_ip" => Var::ClientIp,
                 "route" => Var::Route,
-                other => {
-                    return Err(format!(
-                        "`{text}`: unknown variable `{{{other}}}` (known: {{request_id}}, {{client_ip}}, {{route}})"
-                    ))
-                }
+                other => return Err(ValueError::UnknownVariable(text.into(), other.into())),
             };
             if !lit.is_empty() {
                 parts.push(Part::Lit(std::mem::take(&mut lit)));
@@ -95,7 +125,7 @@ impl Value {
         if parts.is_empty() {
             return HeaderValue::from_str(&lit)
                 .map(Value::Fixed)
-                .map_err(|_| format!("`{text}` is not a valid header value"));
+                .map_err(|_| ValueError::Invalid(text.into()));
         }
         if !lit.is_empty() {
             parts.push(Part::Lit(lit));
@@ -103,7 +133,7 @@ impl Value {
         for p in &parts {
             if let Part::Lit(l) = p {
                 if HeaderValue::from_str(l).is_err() {
-                    return Err(format!("`{text}` is not a valid header value"));
+                    return Err(ValueError::Invalid(text.into()));
                 }
             }
         }
@@ -169,20 +199,18 @@ impl Rules {
         spec: &RulesSpec<'_>,
         side: Side,
         protected: &[HeaderName],
-    ) -> Result<Self, Vec<String>> {
+    ) -> Result<Self, Vec<RuleError>> {
         let mut errors = Vec::new();
         let mut name = |n: &str| -> Option<HeaderName> {
             let Ok(h) = HeaderName::from_bytes(n.as_bytes()) else {
-                errors.push(format!("`{n}` is not a valid header name"));
+                errors.push(RuleError::BadName(n.into()));
                 return None;
             };
             let owned = FRAMING.contains(&h.as_str())
                 || protected.contains(&h)
                 || (side == Side::Response && h == http::header::CONTENT_ENCODING);
             if owned {
-                errors.push(format!(
-                    "`{n}` is managed by the gateway and can't be changed by rules"
-                ));
+                errors.push(RuleError::Managed(n.into()));
                 return None;
             }
             Some(h)
@@ -200,7 +228,7 @@ impl Rules {
                 .filter_map(|(h, n, v)| match Value::parse(&v) {
                     Ok(v) => Some((h, v)),
                     Err(e) => {
-                        errors.push(format!("`{n}`: {e}"));
+                        errors.push(RuleError::Value(n, e));
                         None
                     }
                 })
@@ -209,7 +237,7 @@ impl Rules {
         let set = values(set_raw);
         let add = values(add_raw);
         if side == Side::Request && remove.contains(&http::header::HOST) {
-            errors.push("`host` can be set but not removed".into());
+            errors.push(RuleError::HostRemoved);
         }
         if errors.is_empty() {
             Ok(Rules { remove, set, add })
@@ -314,12 +342,15 @@ mod tests {
         ));
         assert!(Value::parse("{nope}")
             .expect_err("refused")
+            .to_string()
             .contains("unknown variable"));
         assert!(Value::parse("{request_id")
             .expect_err("refused")
+            .to_string()
             .contains("unclosed"));
         assert!(Value::parse("a}b")
             .expect_err("refused")
+            .to_string()
             .contains("unmatched"));
         assert!(Value::parse("bad\nvalue").is_err());
     }

@@ -9,10 +9,10 @@
 
 use crate::proxy::ctx::Ctx;
 use crate::text::{push_ip, push_u64};
-use once_cell::sync::Lazy;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_proxy::Session;
 use std::io::Write as _;
+use std::sync::LazyLock;
 use std::sync::Mutex;
 
 /// Installs the global subscriber once; later calls are no-ops. Level from `RUST_LOG`
@@ -34,7 +34,7 @@ const SHARDS: usize = 16;
 const SHARD_CAP: usize = 4 << 20;
 
 /// The access-log buffers, and the writer thread started on first use.
-static BUFFERS: Lazy<[Mutex<Vec<u8>>; SHARDS]> = Lazy::new(|| {
+static BUFFERS: LazyLock<[Mutex<Vec<u8>>; SHARDS]> = LazyLock::new(|| {
     let spawned = std::thread::Builder::new()
         .name("access-log".into())
         .spawn(|| {
@@ -119,41 +119,17 @@ fn push_ms(out: &mut Vec<u8>, d: std::time::Duration) {
     push_u64(out, frac);
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC) for `now`, without allocating.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC) for `now`. Runs once a second per thread
+/// ([`rfc3339_cached`] reuses the text within a second), so the `time` crate's formatter is
+/// off the per-request path.
 fn rfc3339(out: &mut Vec<u8>, now: std::time::SystemTime) {
-    let d = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // Fixed-width digits by hand: `write!` cost more than the rest of the line.
-    let two = |out: &mut Vec<u8>, n: u64, sep: u8| {
-        out.push(b'0' + (n / 10 % 10) as u8);
-        out.push(b'0' + (n % 10) as u8);
-        out.push(sep);
-    };
-    let year = year.clamp(0, 9999) as u64;
-    two(out, year / 100, b'0' + (year / 10 % 10) as u8);
-    out.push(b'0' + (year % 10) as u8);
-    out.push(b'-');
-    two(out, month as u64, b'-');
-    two(out, day as u64, b'T');
-    two(out, rem / 3600, b':');
-    two(out, rem / 60 % 60, b':');
-    two(out, rem % 60, b'.');
-    let ms = u64::from(d.subsec_millis());
-    out.push(b'0' + (ms / 100) as u8);
-    two(out, ms, b'Z');
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    let t = time::OffsetDateTime::from(now);
+    if t.format_into(out, FORMAT).is_err() {
+        out.extend_from_slice(b"1970-01-01T00:00:00.000Z");
+    }
 }
 
 fn json_str(out: &mut Vec<u8>, s: &str) {

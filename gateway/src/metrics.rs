@@ -3,17 +3,17 @@
 //! Labels are configured names (route, pool) and status classes — never raw paths or user
 //! data — so cardinality is bounded by the config.
 
-use once_cell::sync::Lazy;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The registry served on the admin listener.
-pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 /// Process RSS, CPU, open fds (from /proc).
-static PROCESS: Lazy<()> = Lazy::new(|| {
+static PROCESS: LazyLock<()> = LazyLock::new(|| {
     let _ = REGISTRY.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
@@ -26,7 +26,7 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
 }
 
 /// Requests by route and status class.
-pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -40,7 +40,7 @@ pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Request duration by route.
-pub static DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
             HistogramOpts::new(
@@ -58,7 +58,7 @@ pub static DURATION: Lazy<HistogramVec> = Lazy::new(|| {
 });
 
 /// Upstream errors by pool and kind (`connect`, `timeout`, `bad_gateway`, `no_healthy_peer`).
-pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -72,7 +72,7 @@ pub static UPSTREAM_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Token rejections by provider and reason class.
-pub static AUTH_REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static AUTH_REJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -86,7 +86,7 @@ pub static AUTH_REJECTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Rate-limit decisions by policy and result (`allowed`, `limited`, `dry_run_limited`).
-pub static RATE_DECISIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static RATE_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -100,7 +100,7 @@ pub static RATE_DECISIONS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Keys tracked per policy (updated by the cleanup task).
-pub static RATE_TRACKED_KEYS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+pub static RATE_TRACKED_KEYS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     register(
         prometheus::IntGaugeVec::new(
             Opts::new(
@@ -114,7 +114,7 @@ pub static RATE_TRACKED_KEYS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
 });
 
 /// Shared-store (Redis) failures per policy (the fallback was used).
-pub static RATE_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static RATE_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -128,7 +128,7 @@ pub static RATE_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Requests counted in a policy's shared overflow bucket (key cap reached).
-pub static RATE_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static RATE_OVERFLOW: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -142,7 +142,7 @@ pub static RATE_OVERFLOW: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Static responses by route, status class and encoding.
-pub static STATIC_RESPONSES: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static STATIC_RESPONSES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -156,7 +156,7 @@ pub static STATIC_RESPONSES: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Upstream response time by pool.
-pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
+pub static UPSTREAM_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
             HistogramOpts::new(
@@ -174,7 +174,7 @@ pub static UPSTREAM_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
 });
 
 /// 1 when a peer passes its active health check.
-pub static PEER_HEALTHY: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+pub static PEER_HEALTHY: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     register(
         prometheus::IntGaugeVec::new(
             Opts::new(
@@ -188,7 +188,7 @@ pub static PEER_HEALTHY: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
 });
 
 /// Certificate expiry, Unix seconds.
-pub static CERT_NOT_AFTER: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+pub static CERT_NOT_AFTER: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     register(
         prometheus::IntGaugeVec::new(
             Opts::new(
@@ -202,7 +202,7 @@ pub static CERT_NOT_AFTER: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
 });
 
 /// Last successful JWKS fetch, Unix seconds.
-pub static JWKS_LAST_SUCCESS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+pub static JWKS_LAST_SUCCESS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     register(
         prometheus::IntGaugeVec::new(
             Opts::new(
@@ -216,7 +216,7 @@ pub static JWKS_LAST_SUCCESS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
 });
 
 /// TLS handshakes completed, by protocol version.
-pub static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static TLS_HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -230,7 +230,7 @@ pub static TLS_HANDSHAKES: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Failed TLS handshakes by reason (see [`crate::conn::handshake::handshake_failure_reason`]).
-pub static TLS_HANDSHAKE_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static TLS_HANDSHAKE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
             Opts::new(
@@ -244,7 +244,7 @@ pub static TLS_HANDSHAKE_FAILURES: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// Open downstream connections by listener.
-pub static OPEN_CONNECTIONS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
+pub static OPEN_CONNECTIONS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
     register(
         prometheus::IntGaugeVec::new(
             Opts::new(
@@ -259,7 +259,7 @@ pub static OPEN_CONNECTIONS: Lazy<prometheus::IntGaugeVec> = Lazy::new(|| {
 
 /// Downstream connections closed by the gateway's connection guard, by reason
 /// (`per_ip_limit`, `header_timeout`).
-pub static CONNECTIONS_REFUSED: Lazy<prometheus::IntCounterVec> = Lazy::new(|| {
+pub static CONNECTIONS_REFUSED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
     register(
         prometheus::IntCounterVec::new(
             Opts::new(
@@ -273,7 +273,7 @@ pub static CONNECTIONS_REFUSED: Lazy<prometheus::IntCounterVec> = Lazy::new(|| {
 });
 
 /// Access log lines dropped because the writer could not keep up.
-pub static ACCESS_LOG_DROPPED: Lazy<prometheus::IntCounter> = Lazy::new(|| {
+pub static ACCESS_LOG_DROPPED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     register(
         prometheus::IntCounter::new(
             "gateway_access_log_dropped_total",
@@ -284,7 +284,7 @@ pub static ACCESS_LOG_DROPPED: Lazy<prometheus::IntCounter> = Lazy::new(|| {
 });
 
 /// Generation of the config in force.
-pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
+pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
         IntGauge::new(
             "gateway_config_generation",
@@ -296,7 +296,7 @@ pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
 
 /// Config reloads by result. Both series exist at 0 from the start: `increase()` over a
 /// counter that appears only with its first reload would miss that reload.
-pub static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+pub static RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let v = register(
         IntCounterVec::new(
             Opts::new(
@@ -314,7 +314,7 @@ pub static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
 });
 
 /// 1 when the last reload attempt succeeded.
-pub static LAST_RELOAD_SUCCESS: Lazy<IntGauge> = Lazy::new(|| {
+pub static LAST_RELOAD_SUCCESS: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
         IntGauge::new(
             "gateway_config_last_reload_success",
@@ -413,31 +413,31 @@ impl RouteMetrics {
 }
 
 /// Metrics of requests that matched no route.
-pub static NO_ROUTE: Lazy<RouteMetrics> = Lazy::new(|| RouteMetrics::new("none"));
+pub static NO_ROUTE: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("none"));
 
 /// The registry in Prometheus text format.
 pub fn render() -> Vec<u8> {
-    Lazy::force(&REQUESTS);
-    Lazy::force(&DURATION);
-    Lazy::force(&UPSTREAM_ERRORS);
-    Lazy::force(&CONFIG_GENERATION);
-    Lazy::force(&AUTH_REJECTIONS);
-    Lazy::force(&RELOADS);
-    Lazy::force(&RATE_DECISIONS);
-    Lazy::force(&RATE_TRACKED_KEYS);
-    Lazy::force(&RATE_OVERFLOW);
-    Lazy::force(&RATE_STORE_ERRORS);
-    Lazy::force(&STATIC_RESPONSES);
-    Lazy::force(&UPSTREAM_DURATION);
-    Lazy::force(&PEER_HEALTHY);
-    Lazy::force(&CERT_NOT_AFTER);
-    Lazy::force(&JWKS_LAST_SUCCESS);
-    Lazy::force(&TLS_HANDSHAKES);
-    Lazy::force(&TLS_HANDSHAKE_FAILURES);
-    Lazy::force(&ACCESS_LOG_DROPPED);
-    Lazy::force(&OPEN_CONNECTIONS);
-    Lazy::force(&PROCESS);
-    Lazy::force(&LAST_RELOAD_SUCCESS);
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&DURATION);
+    LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&CONFIG_GENERATION);
+    LazyLock::force(&AUTH_REJECTIONS);
+    LazyLock::force(&RELOADS);
+    LazyLock::force(&RATE_DECISIONS);
+    LazyLock::force(&RATE_TRACKED_KEYS);
+    LazyLock::force(&RATE_OVERFLOW);
+    LazyLock::force(&RATE_STORE_ERRORS);
+    LazyLock::force(&STATIC_RESPONSES);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&PEER_HEALTHY);
+    LazyLock::force(&CERT_NOT_AFTER);
+    LazyLock::force(&JWKS_LAST_SUCCESS);
+    LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&TLS_HANDSHAKE_FAILURES);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
+    LazyLock::force(&OPEN_CONNECTIONS);
+    LazyLock::force(&PROCESS);
+    LazyLock::force(&LAST_RELOAD_SUCCESS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
     out

@@ -1,9 +1,10 @@
 //! Plain-HTTP listener: every request gets `308 Permanent Redirect` to the same host, path and
 //! query on HTTPS. 308 (not 301) so a POST stays a POST.
 
+use crate::http::edge_response::{EdgeResponse, JSON};
 use crate::state::SharedRuntime;
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
@@ -40,23 +41,22 @@ impl ServeHttp for Redirect {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let built = match location(host, pq, port) {
-            Some(loc) => Response::builder()
-                .status(StatusCode::PERMANENT_REDIRECT)
-                .header("Location", loc)
-                .header("Content-Length", 0)
-                .body(Vec::new()),
+        let answer = match location(host, pq, port).and_then(|l| HeaderValue::from_str(&l).ok()) {
+            Some(loc) => {
+                let mut r = EdgeResponse::new(StatusCode::PERMANENT_REDIRECT, 2);
+                r.put(http::header::LOCATION, loc);
+                r.put(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                r
+            }
             None => {
-                let body = br#"{"error":"bad_request"}"#.to_vec();
-                Response::builder()
-                    .status(StatusCode::BAD_REQUEST)
-                    .header("Content-Type", "application/json")
-                    .header("Content-Length", body.len())
-                    .header("Connection", "close")
-                    .body(body)
+                // No request id on this listener: the connection is not the app's yet.
+                let body = bytes::Bytes::from_static(br#"{"error":"bad_request"}"#);
+                let mut r = EdgeResponse::new(StatusCode::BAD_REQUEST, 3).with_body(JSON, body);
+                r.put(http::header::CONNECTION, HeaderValue::from_static("close"));
+                r.closing()
             }
         };
-        built.unwrap_or_else(|_| Response::new(Vec::new()))
+        answer.into_http()
     }
 }
 

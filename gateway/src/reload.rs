@@ -82,7 +82,7 @@ pub fn fingerprint(rt: &Runtime) -> String {
     }
     for d in &rt.watch_dirs {
         let mut entries = Vec::new();
-        walk_meta(d, &mut entries, 0);
+        walk_meta(d, &mut entries);
         entries.sort();
         for e in entries {
             h.update(e.as_bytes());
@@ -91,28 +91,24 @@ pub fn fingerprint(rt: &Runtime) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn walk_meta(dir: &Path, out: &mut Vec<String>, depth: usize) {
-    if depth > 32 {
-        return;
-    }
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Ok(m) = std::fs::metadata(&p) else {
+/// `path|size|mtime` of every file under `dir` (links followed, as the bundle does).
+fn walk_meta(dir: &Path, out: &mut Vec<String>) {
+    let files = walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .max_depth(32)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_type().is_dir());
+    for e in files {
+        let Ok(m) = e.metadata() else {
             continue;
         };
-        if m.is_dir() {
-            walk_meta(&p, out, depth + 1);
-        } else {
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            out.push(format!("{}|{}|{}", p.display(), m.len(), mtime));
-        }
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        out.push(format!("{}|{}|{}", e.path().display(), m.len(), mtime));
     }
 }
 
@@ -149,7 +145,7 @@ impl Reloader {
 
     /// Reloads when the inputs changed (or always, with `force`). Blocking: call it off the
     /// request path (`spawn_blocking`).
-    pub fn reload(&self, trigger: &str, force: bool) -> Result<Outcome, String> {
+    pub fn reload(&self, trigger: &str, force: bool) -> Result<Outcome, config::ConfigError> {
         let _busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.runtime.load_full();
         if let Ok(mut s) = self.status.lock() {
@@ -196,10 +192,10 @@ impl Reloader {
                     tracing::error!(trigger, problem = %p, "config reload refused; old config keeps serving");
                 }
                 if let Ok(mut s) = self.status.lock() {
-                    s.last_error = Some(msg.clone());
+                    s.last_error = Some(msg);
                     s.last_reload_success = false;
                 }
-                Err(msg)
+                Err(e)
             }
         }
     }

@@ -261,7 +261,7 @@ impl AssetBundle {
     pub fn try_load(root: &Path, opts: &StaticOptions) -> Result<Self, BundleError> {
         let canon_root = root.canonicalize().map_err(io_err(root))?;
         let mut files = Vec::new();
-        walk(&canon_root, &canon_root, "", &mut files)?;
+        walk(&canon_root, &mut files)?;
         files.sort();
         let globs = opts
             .rules
@@ -456,42 +456,104 @@ impl AssetBundle {
     }
 }
 
-/// Collects `(url path, file path)` of every servable file under `dir`.
-fn walk(
-    root: &Path,
-    dir: &Path,
-    prefix: &str,
-    out: &mut Vec<(String, PathBuf)>,
-) -> Result<(), BundleError> {
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            continue; // not UTF-8: unreachable by URL anyway
+/// Collects `(url path, file path)` of every servable file under `root` (canonical): hidden
+/// names are skipped (but `/.well-known/`), non-UTF-8 names too (no URL reaches them), and a
+/// symlink is followed only when its target stays inside the root.
+fn walk(root: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), BundleError> {
+    let entries = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| {
+            let Some(name) = e.file_name().to_str() else {
+                return false;
+            };
+            if name.starts_with('.') && !(e.depth() == 1 && name == ".well-known") {
+                return false;
+            }
+            if !e.path_is_symlink() {
+                return true;
+            }
+            let inside = e.path().canonicalize().is_ok_and(|t| t.starts_with(root));
+            if !inside {
+                tracing::warn!(path = %e.path().display(), "symlink leaves the static root; skipped");
+            }
+            inside
+        });
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            // A link back to an ancestor: its files are already there under the real path.
+            Err(e) if e.loop_ancestor().is_some() => continue,
+            Err(e) => {
+                let path = e.path().unwrap_or(root).to_path_buf();
+                return Err(BundleError::Io {
+                    path: path.display().to_string(),
+                    source: e
+                        .into_io_error()
+                        .unwrap_or_else(|| std::io::ErrorKind::Other.into()),
+                });
+            }
         };
-        let hidden = name.starts_with('.') && !(prefix.is_empty() && name == ".well-known");
-        if hidden {
+        if !entry.file_type().is_file() {
             continue;
         }
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
-        let real = if meta.file_type().is_symlink() {
-            // A link is followed only when its target stays inside the root.
-            match path.canonicalize() {
-                Ok(t) if t.starts_with(root) => t,
-                _ => {
-                    tracing::warn!(path = %path.display(), "symlink leaves the static root; skipped");
-                    continue;
-                }
-            }
-        } else {
-            path.clone()
-        };
-        let key = format!("{prefix}/{name}");
-        if real.is_dir() {
-            walk(root, &real, &key, out)?;
-        } else if real.is_file() {
-            out.push((key, real));
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let mut key = String::new();
+        for part in rel.components() {
+            key.push('/');
+            key.push_str(&part.as_os_str().to_string_lossy());
         }
+        let real = if entry.path_is_symlink() {
+            entry.path().canonicalize().map_err(io_err(entry.path()))?
+        } else {
+            entry.path().to_path_buf()
+        };
+        out.push((key, real));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_keeps_servable_files_and_links_inside_the_root() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::fs::create_dir_all(root.join(".git")).expect("mkdir");
+        std::fs::create_dir_all(root.join(".well-known")).expect("mkdir");
+        std::fs::create_dir_all(root.join("a/.well-known")).expect("mkdir");
+        for f in [
+            "index.html",
+            "a/b/c.js",
+            ".env",
+            ".git/config",
+            ".well-known/x.txt",
+        ] {
+            std::fs::write(root.join(f), "x").expect("write");
+        }
+        std::fs::write(root.join("a/.well-known/y"), "x").expect("write");
+        std::fs::write(dir.path().join("secret"), "s").expect("write");
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("leak")).expect("ln");
+        std::os::unix::fs::symlink(root.join("a"), root.join("alias")).expect("ln");
+        std::os::unix::fs::symlink(&root, root.join("a/loop")).expect("ln");
+        let root = root.canonicalize().expect("canon");
+        let mut files = Vec::new();
+        walk(&root, &mut files).expect("walk");
+        let mut keys: Vec<&str> = files.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "/.well-known/x.txt",
+                "/a/b/c.js",
+                "/alias/b/c.js",
+                "/index.html"
+            ]
+        );
+        assert!(files.iter().all(|(_, p)| p.starts_with(&root)));
+    }
 }

@@ -1,30 +1,11 @@
 //! Text the request path writes often (IP addresses, decimal numbers), without the `fmt`
-//! machinery: `Display` for an IPv4 address costs ≈ 1,000 instructions, these ≈ 50.
+//! machinery. Numbers go through `itoa`; IPv4 addresses are written by hand because no crate
+//! does it and `Display` costs ≈ 1,000 instructions against ≈ 50 here (benches/RESULTS.md,
+//! session 5: the access line's 8.3 k instructions were mostly `fmt`).
 
 /// Appends `n` in decimal (what `write!` does, without the formatting machinery).
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    // Most numbers in a line (octets, status, milliseconds) have at most three digits.
-    if n < 1000 {
-        if n >= 100 {
-            out.push(b'0' + (n / 100) as u8);
-        }
-        if n >= 10 {
-            out.push(b'0' + (n / 10 % 10) as u8);
-        }
-        out.push(b'0' + (n % 10) as u8);
-        return;
-    }
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends an IP address the way `Display` writes it; IPv4 without the formatting machinery.

@@ -130,61 +130,38 @@ pub struct AdminConf {
 
 /// Process lifecycle settings (restart required to change).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ProcessConf {
     /// Seconds after SIGTERM during which `/readyz` answers 503 while traffic is still served,
     /// so load balancers stop sending before listeners close. Default 5.
-    #[serde(default = "default_grace")]
     pub readiness_drain_seconds: u64,
     /// Seconds in-flight requests get after the listeners closed, before runtimes stop.
     /// Default 5.
-    #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
     /// Seconds in-flight requests get to finish after listeners close. Default 10.
-    #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_seconds: u64,
     /// Unix socket handing listeners to a new binary on graceful upgrade.
     /// Default `/tmp/gateway_upgrade.sock`.
-    #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
     /// PID file. Default `/tmp/gateway.pid`.
-    #[serde(default = "default_pid_file")]
     pub pid_file: String,
     /// Idle upstream keep-alive connections kept per worker thread. Default 128.
-    #[serde(default = "default_keepalive_pool")]
     pub upstream_keepalive_pool_size: usize,
     /// Let idle worker threads steal connections queued on busy ones (one multi-threaded
     /// runtime). Default false: each thread runs its own single-threaded runtime and keeps the
     /// connections it accepted, like nginx workers, which costs less CPU per request.
-    #[serde(default)]
     pub work_stealing: bool,
-}
-
-fn default_grace() -> u64 {
-    5
-}
-fn default_shutdown_timeout() -> u64 {
-    10
-}
-fn default_upgrade_sock() -> String {
-    "/tmp/gateway_upgrade.sock".into()
-}
-fn default_pid_file() -> String {
-    "/tmp/gateway.pid".into()
-}
-fn default_keepalive_pool() -> usize {
-    128
 }
 
 impl Default for ProcessConf {
     fn default() -> Self {
         Self {
-            readiness_drain_seconds: default_grace(),
-            shutdown_grace_seconds: default_grace(),
-            shutdown_timeout_seconds: default_shutdown_timeout(),
-            upgrade_sock: default_upgrade_sock(),
-            pid_file: default_pid_file(),
-            upstream_keepalive_pool_size: default_keepalive_pool(),
+            readiness_drain_seconds: 5,
+            shutdown_grace_seconds: 5,
+            shutdown_timeout_seconds: 10,
+            upgrade_sock: "/tmp/gateway_upgrade.sock".into(),
+            pid_file: "/tmp/gateway.pid".into(),
+            upstream_keepalive_pool_size: 128,
             work_stealing: false,
         }
     }
@@ -192,49 +169,33 @@ impl Default for ProcessConf {
 
 /// Listener addresses.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ListenersConf {
     /// HTTPS listener. Default `0.0.0.0:8443`.
-    #[serde(default = "default_https")]
     pub https: Spanned<String>,
     /// Plain-HTTP listener that redirects to HTTPS; empty string disables it. Default `0.0.0.0:8080`.
-    #[serde(default = "default_http")]
     pub http: Spanned<String>,
     /// Admin listener (metrics, probes). Default `127.0.0.1:9901`.
-    #[serde(default = "default_admin")]
     pub admin: Spanned<String>,
     /// Port written into the HTTPS redirect; default: the port of `https`.
-    #[serde(default)]
     pub redirect_https_port: Option<u16>,
     /// Per-connection write buffer under TLS, bytes. Default 0: a small response already
     /// leaves as one TLS record in one write (the head is held for the first body write) and
     /// larger ones as one `writev` of their records, so a buffer only costs memory on every
     /// idle connection (≈ 4 KB).
-    #[serde(default)]
     pub write_buffer_bytes: usize,
     /// Per-connection read buffer under TLS, bytes. Default 0: rustls reads records into its
     /// own buffer; a separate buffer costs ≈ 7 KB on every idle connection. Upload-heavy
     /// sites may set 16384 for fewer read syscalls on large request bodies.
-    #[serde(default)]
     pub read_buffer_bytes: usize,
-}
-
-fn default_https() -> Spanned<String> {
-    Spanned::new(0..0, "0.0.0.0:8443".into())
-}
-fn default_http() -> Spanned<String> {
-    Spanned::new(0..0, "0.0.0.0:8080".into())
-}
-fn default_admin() -> Spanned<String> {
-    Spanned::new(0..0, "127.0.0.1:9901".into())
 }
 
 impl Default for ListenersConf {
     fn default() -> Self {
         Self {
-            https: default_https(),
-            http: default_http(),
-            admin: default_admin(),
+            https: Spanned::new(0..0, "0.0.0.0:8443".into()),
+            http: Spanned::new(0..0, "0.0.0.0:8080".into()),
+            admin: Spanned::new(0..0, "127.0.0.1:9901".into()),
             redirect_https_port: None,
             write_buffer_bytes: 0,
             read_buffer_bytes: 0,
@@ -280,27 +241,21 @@ pub struct CertificateConf {
 
 /// Who the client is, behind load balancers.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClientIpConf {
     /// CIDRs of proxies in front of the gateway. Only when the TCP peer is one of them is
     /// `X-Forwarded-For` read (from the right, first untrusted address) and appended to;
     /// otherwise it is replaced. Default `[]`.
-    #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     /// IPv6 clients are keyed by this prefix length for rate limiting. Default 64.
-    #[serde(default = "default_v6_prefix")]
     pub ipv6_prefix: u8,
-}
-
-fn default_v6_prefix() -> u8 {
-    64
 }
 
 impl Default for ClientIpConf {
     fn default() -> Self {
         Self {
             trusted_proxies: Vec::new(),
-            ipv6_prefix: default_v6_prefix(),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -326,41 +281,31 @@ pub enum RouteRateConf {
 
 /// Request size limits and strictness.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsConf {
     /// Largest request body in bytes (413 above). Default 10485760 (10 MiB).
-    #[serde(default = "default_body")]
     pub max_body_bytes: u64,
     /// Largest request header block in bytes, names + values (431 above). Default 32768.
-    #[serde(default = "default_header")]
     pub max_header_bytes: usize,
     /// Largest single header (name + value) in bytes (431 above); `Authorization` and `Cookie`
     /// are bounded by `max_header_bytes` and the JWT `max_token_bytes` instead. Default 8192.
-    #[serde(default = "default_one_header")]
     pub max_one_header_bytes: usize,
     /// Most request headers (431 above). Default 100.
-    #[serde(default = "default_header_count")]
     pub max_headers: usize,
     /// Longest request target in bytes (414 above). Default 8192.
-    #[serde(default = "default_one_header")]
     pub max_uri_bytes: usize,
     /// Refuse header names containing `_` (they alias `-` in many stacks). Default true.
-    #[serde(default = "default_true")]
     pub reject_underscore_headers: bool,
     /// Merge `//` in paths before routing. Default true.
-    #[serde(default = "default_true")]
     pub merge_slashes: bool,
     /// Deadline for a whole HTTP/1 request head (from the connection's start or its first
     /// byte), ms; the connection is closed when it passes. 0 = off. Default 10000.
-    #[serde(default = "default_header_timeout")]
     pub header_timeout_ms: u64,
     /// Concurrent connections one client IP may hold; more are closed at once. 0 = no cap.
     /// Default 1024.
-    #[serde(default = "default_conns_per_ip")]
     pub max_connections_per_ip: u32,
     /// Deadline for a TLS handshake, from accept to the handshake's end, ms; the connection is
     /// closed when it passes. 0 = off (pingora's own 60 s remains). Default 10000.
-    #[serde(default = "default_header_timeout")]
     pub tls_handshake_timeout_ms: u64,
     /// After an answer written before the request body was read (401, 403, 413, 429…), read
     /// and drop at most this many more body bytes so a client still uploading sees a normal
@@ -368,101 +313,53 @@ pub struct LimitsConf {
     /// after the answer; on HTTP/1.1 the connection closes after the discard (a lingering
     /// close). 0 = no discard (HTTP/2: reset at once; HTTP/1.1: close at once, and unread bytes
     /// may make the kernel reset the answer away). Default 67108864 (64 MiB).
-    #[serde(default = "default_discard_bytes")]
     pub discard_body_max_bytes: u64,
     /// Time bound of that discarding, ms. Default 10000.
-    #[serde(default = "default_header_timeout")]
     pub discard_body_timeout_ms: u64,
-}
-
-fn default_discard_bytes() -> u64 {
-    64 * 1024 * 1024
-}
-
-fn default_header_timeout() -> u64 {
-    10_000
-}
-fn default_conns_per_ip() -> u32 {
-    1024
-}
-
-fn default_one_header() -> usize {
-    8192
-}
-fn default_header_count() -> usize {
-    100
-}
-
-fn default_body() -> u64 {
-    10 * 1024 * 1024
-}
-fn default_header() -> usize {
-    32 * 1024
 }
 
 impl Default for LimitsConf {
     fn default() -> Self {
         Self {
-            max_body_bytes: default_body(),
-            max_header_bytes: default_header(),
-            max_one_header_bytes: default_one_header(),
-            max_headers: default_header_count(),
-            max_uri_bytes: default_one_header(),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_one_header_bytes: 8192,
+            max_headers: 100,
+            max_uri_bytes: 8192,
             reject_underscore_headers: true,
             merge_slashes: true,
-            header_timeout_ms: default_header_timeout(),
-            max_connections_per_ip: default_conns_per_ip(),
-            tls_handshake_timeout_ms: default_header_timeout(),
-            discard_body_max_bytes: default_discard_bytes(),
-            discard_body_timeout_ms: default_header_timeout(),
+            header_timeout_ms: 10_000,
+            max_connections_per_ip: 1024,
+            tls_handshake_timeout_ms: 10_000,
+            discard_body_max_bytes: 64 * 1024 * 1024,
+            discard_body_timeout_ms: 10_000,
         }
     }
 }
 
 /// Security headers; an empty string leaves a header out.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SecurityHeadersConf {
     /// Default: `default-src 'self'; base-uri 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'`.
-    #[serde(default = "default_csp")]
     pub content_security_policy: String,
     /// Default `DENY`.
-    #[serde(default = "default_xfo")]
     pub frame_options: String,
     /// Default `strict-origin-when-cross-origin`.
-    #[serde(default = "default_referrer")]
     pub referrer_policy: String,
     /// Default `camera=(), microphone=(), geolocation=(), payment=()`.
-    #[serde(default = "default_permissions")]
     pub permissions_policy: String,
     /// `X-Content-Type-Options: nosniff`. Default true.
-    #[serde(default = "default_true")]
     pub nosniff: bool,
-}
-
-fn default_csp() -> String {
-    "default-src 'self'; base-uri 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'".into()
-}
-fn default_xfo() -> String {
-    "DENY".into()
-}
-fn default_referrer() -> String {
-    "strict-origin-when-cross-origin".into()
-}
-fn default_permissions() -> String {
-    "camera=(), microphone=(), geolocation=(), payment=()".into()
-}
-fn default_true() -> bool {
-    true
 }
 
 impl Default for SecurityHeadersConf {
     fn default() -> Self {
         Self {
-            content_security_policy: default_csp(),
-            frame_options: default_xfo(),
-            referrer_policy: default_referrer(),
-            permissions_policy: default_permissions(),
+            content_security_policy: "default-src 'self'; base-uri 'self'; object-src 'none'; frame-ancestors 'none'; form-action 'self'".into(),
+            frame_options: "DENY".into(),
+            referrer_policy: "strict-origin-when-cross-origin".into(),
+            permissions_policy: "camera=(), microphone=(), geolocation=(), payment=()".into(),
             nosniff: true,
         }
     }
@@ -470,15 +367,13 @@ impl Default for SecurityHeadersConf {
 
 /// Identity headers: removed from every client request, whatever the route.
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct IdentityConf {
     /// Default `["X-Auth-Subject", "X-Auth-Scopes", "X-Auth-Claims"]`.
-    #[serde(default = "default_strip")]
     pub strip_headers: Vec<String>,
     /// Key file (first line: the key, ≥ 32 bytes) to sign the identity headers sent upstream
     /// with `X-Auth-Signature` (HMAC-SHA256 over method, path, request id, time and the
     /// headers), for a backend that must not trust a bare `X-Auth-Subject`. Default: none.
-    #[serde(default)]
     pub signing_key_file: Option<Spanned<String>>,
 }
 
@@ -497,6 +392,20 @@ impl Default for IdentityConf {
             signing_key_file: None,
         }
     }
+}
+
+/// A route's `auth`: a token required or not; anything else is kept as written so validation
+/// reports it with the file's other problems (serde would stop at the first).
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthModeConf {
+    /// A valid JWT of the route's provider.
+    Jwt,
+    /// No check.
+    None,
+    /// Neither: refused by validation.
+    #[serde(untagged)]
+    Unknown(String),
 }
 
 /// What a route does with a matching request.
@@ -590,7 +499,7 @@ pub struct RouteConf {
     pub rate_limits: Vec<RouteRateConf>,
     /// `"jwt"` to require a valid token, `"none"` for no check. Default `"none"`.
     #[serde(default)]
-    pub auth: Option<Spanned<String>>,
+    pub auth: Option<Spanned<AuthModeConf>>,
     /// Provider name from `[jwt_providers]`, with `auth = "jwt"`.
     #[serde(default)]
     pub auth_provider: Option<Spanned<String>>,

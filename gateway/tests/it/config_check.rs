@@ -198,3 +198,25 @@ fn missing_static_root_and_bad_listener_are_reported() {
         "{out}"
     );
 }
+
+#[test]
+fn unknown_auth_modes_and_algorithms_are_reported_together_with_positions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    std::fs::write(dir.path().join("hmac.secret"), [7u8; 40]).expect("secret");
+    let text = format!(
+        "{}\n[jwt_providers.p]\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\", \"HS257\"]\nsecret_file = \"hmac.secret\"\n\n\
+         [[routes]]\nname = \"api\"\nprefix = \"/api\"\nkind = \"static\"\nroot = \".\"\nauth = \"jwtt\"\n",
+        good_conf(dir.path(), &Ports::new(), &certs)
+    );
+    let f = write(dir.path(), "g.toml", &text);
+    let (ok, out) = check(&f);
+    assert!(!ok, "{out}");
+    let at = format!("g.toml:{}:", line_of(&text, "auth = \"jwtt\""));
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&at) && l.contains("auth must be \"jwt\" or \"none\", not `jwtt`")),
+        "{out}"
+    );
+    assert!(out.contains("algorithm `HS257` is not supported"), "{out}");
+}

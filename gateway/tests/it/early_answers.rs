@@ -224,8 +224,9 @@ async fn early_answers_reach_an_http2_client_whole_and_the_connection_stays_usab
 
 /// `curl` with its own HTTP/2 stack (nghttp2): status and JSON body of each answer.
 fn curl(gw: &Gateway, ca: &Path, args: &[&str], body_file: &Path, path: &str) -> (i32, String) {
+    // `-v`: a failure shows the exchange (frames, resets); a success shows only the answer.
     let out = Command::new("curl")
-        .args(["-sS", "--http2", "--max-time", "30", "--cacert"])
+        .args(["-sS", "-v", "--http2", "--max-time", "30", "--cacert"])
         .arg(ca)
         .args([
             "--resolve",
@@ -240,13 +241,15 @@ fn curl(gw: &Gateway, ca: &Path, args: &[&str], body_file: &Path, path: &str) ->
         .arg(gw.url(path))
         .output()
         .expect("curl");
+    let code = out.status.code().unwrap_or(-1);
+    let stderr = if code == 0 {
+        std::borrow::Cow::Borrowed("")
+    } else {
+        String::from_utf8_lossy(&out.stderr)
+    };
     (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        code,
+        format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)),
     )
 }
 

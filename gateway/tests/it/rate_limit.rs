@@ -455,7 +455,7 @@ async fn a_frozen_or_stopped_redis_costs_at_most_one_timeout_then_sharing_resume
             }
         }));
     }
-    // The store's own bound (shared_store::STORE_TIMEOUT) plus room for a slow debug build.
+    // The store's own bound (rate_limit::store::STORE_TIMEOUT) plus room for a slow debug build.
     let limit = Duration::from_millis(250);
 
     // Frozen: the connection stays open, nothing answers.

@@ -1,7 +1,7 @@
 //! `[[routes]]`: each route compiled with its kind (pool or asset bundle), auth policy, rate
 //! rules, CORS, compression and header rules; every problem of every route reported.
 
-use super::super::file::{self as file, GatewayConf, RouteConf, RouteKindConf};
+use super::super::file::{self as file, AuthModeConf, GatewayConf, RouteConf, RouteKindConf};
 use super::super::source::{Problem, Source};
 use crate::auth::JwtProvider;
 use crate::path::resolve;
@@ -313,9 +313,12 @@ fn route_auth(
     src: &Source,
     problems: &mut Vec<Problem>,
 ) -> Result<Option<crate::auth::RoutePolicy>, ()> {
-    let mode = rc.auth.as_ref().map_or("none", |a| a.get_ref().as_str());
+    let mode = rc
+        .auth
+        .as_ref()
+        .map_or(&AuthModeConf::None, |a| a.get_ref());
     match mode {
-        "none" => {
+        AuthModeConf::None => {
             if let Some(p) = &rc.auth_provider {
                 problems.push(src.problem(
                     p,
@@ -325,7 +328,7 @@ fn route_auth(
             }
             Ok(None)
         }
-        "jwt" => {
+        AuthModeConf::Jwt => {
             let Some(pname) = &rc.auth_provider else {
                 let at = rc
                     .auth
@@ -360,7 +363,7 @@ fn route_auth(
                 }
             }
         }
-        other => {
+        AuthModeConf::Unknown(other) => {
             if let Some(a) = &rc.auth {
                 problems.push(src.problem(
                     a,
