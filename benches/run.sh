@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh cmake pkg-config wrk nginx-light nghttp2-client util-linux fonts-dejavu-core
 command -v oha >/dev/null || cargo install --locked oha  # fixed-rate tail latency
-cargo build --release -p gateway -p backend -p bench-chart
+# The same command as scripts/up.sh, so a bench after `up` reuses its release binaries (a
+# package added to this command would change shared dependencies' features and rebuild all).
+cargo build --release -p gateway -p backend
+cargo build --release -p bench-chart
 cargo build --release -p gateway --example fixed_response  # the REF-pingora-fixed floor
 ulimit -n 65536 2>/dev/null || true
 python3 benches/bench.py "$@"

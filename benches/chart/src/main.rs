@@ -1,7 +1,10 @@
 //! `bench-chart RESULTS.json [FONT.ttf]`: draws PNG charts next to a benchmark result file.
 //!
 //! - `<stamp>-cpu.png`: server CPU µs per request, side by side for each compared scenario;
-//! - `<stamp>-rps.png`: requests per second, the same way.
+//! - `<stamp>-rps.png`: requests per second, the same way;
+//! - `<stamp>-ratio.png`: gateway / nginx per scenario (CPU per request; RSS growth for S6)
+//!   on one linear scale, with the 1.0 line and each scenario's target, so the small
+//!   scenarios are not hidden behind the 1 MiB bars of the absolute charts.
 //!
 //! Text needs a TrueType font; Debian's DejaVu Sans is the default (`fonts-dejavu-core`).
 
@@ -38,6 +41,125 @@ fn groups(doc: &Value, metric: &str) -> Vec<Group> {
         }
     }
     out
+}
+
+/// The targets of issue #23 (gateway / nginx, lower is better); other scenarios aim at 1.0.
+const TARGETS: &[(&str, f64)] = &[
+    ("S1-1k-h1", 0.85),
+    ("S1-1k-h2", 0.85),
+    ("S3-api", 0.9),
+    ("S5-handshake", 0.6),
+    ("S6-idle", 0.5),
+];
+
+/// One ratio row: scenario id, gateway / nginx, the target if the scenario has one.
+type Ratio = (String, f64, Option<f64>);
+
+/// Gateway / nginx for every scenario run on both (CPU per request), and S6's RSS growth.
+fn ratios(doc: &Value) -> Vec<Ratio> {
+    let target = |sid: &str| TARGETS.iter().find(|(t, _)| *t == sid).map(|(_, v)| *v);
+    let mut out = Vec::new();
+    let Some(results) = doc["results"].as_object() else {
+        return out;
+    };
+    for (sid, row) in results {
+        let value = if sid == "S6-idle" {
+            let growth = |s: &str| {
+                Some(row[s]["rss_kib_with_idle"].as_f64()? - row[s]["rss_kib_before"].as_f64()?)
+            };
+            growth("gateway").zip(growth("nginx"))
+        } else {
+            let cpu = |s: &str| row[s]["cpu_us_per_req"].as_f64();
+            match row["servers"].as_array().map(Vec::as_slice) {
+                Some([a, b]) if a == "gateway" && b == "nginx" => cpu("gateway").zip(cpu("nginx")),
+                _ => None,
+            }
+        };
+        if let Some((g, n)) = value.filter(|(_, n)| *n > 0.0) {
+            out.push((sid.clone(), g / n, target(sid)));
+        }
+    }
+    out
+}
+
+/// Horizontal bars of gateway / nginx: green where the target (or 1.0) is met, orange where
+/// not; a black line at 1.0 and a red mark at each target.
+fn draw_ratios(path: &Path, title: &str, data: &[Ratio]) -> Result<()> {
+    if data.is_empty() {
+        bail!("no scenario was run on both the gateway and nginx");
+    }
+    let rows = data.len();
+    let max = data
+        .iter()
+        .map(|(_, r, t)| r.max(t.unwrap_or(0.0)))
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let root = BitMapBackend::new(path, (1000, 120 + rows as u32 * 30)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(160)
+        .build_cartesian_2d(0.0..max, (0..rows).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("gateway / nginx (lower is better; red mark: target)")
+        .y_labels(rows)
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(y) => rows
+                .checked_sub(1 + *y)
+                .and_then(|i| data.get(i))
+                .map(|(sid, _, _)| sid.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()?;
+    for (i, (_, r, t)) in data.iter().enumerate() {
+        let y = rows - 1 - i;
+        let met = *r <= t.unwrap_or(1.0);
+        let c = if met {
+            RGBColor(0, 150, 57)
+        } else {
+            RGBColor(243, 128, 32)
+        };
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(y)),
+                (*r, SegmentValue::Exact(y + 1)),
+            ],
+            c.filled(),
+        );
+        bar.set_margin(4, 4, 0, 0);
+        chart.draw_series(std::iter::once(bar))?;
+        let label = ("sans-serif", 14)
+            .into_text_style(&root)
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        chart.draw_series(std::iter::once(Text::new(
+            format!(" {r:.2}×"),
+            (*r, SegmentValue::CenterOf(y)),
+            label,
+        )))?;
+        if let Some(t) = t {
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![
+                    (*t, SegmentValue::Exact(y)),
+                    (*t, SegmentValue::Exact(y + 1)),
+                ],
+                RED.stroke_width(3),
+            )))?;
+        }
+    }
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![
+            (1.0, SegmentValue::Exact(0)),
+            (1.0, SegmentValue::Exact(rows)),
+        ],
+        BLACK.stroke_width(2),
+    )))?;
+    root.present()?;
+    Ok(())
 }
 
 fn colour(server: &str) -> RGBColor {
@@ -160,6 +282,13 @@ fn main() -> Result<()> {
         )?;
         println!("{}", out.display());
     }
+    let out = PathBuf::from(format!("{}-ratio.png", stem.display()));
+    draw_ratios(
+        &out,
+        &format!("Gateway / nginx per scenario — {mode} mode"),
+        &ratios(&doc),
+    )?;
+    println!("{}", out.display());
     Ok(())
 }
 
@@ -183,6 +312,30 @@ mod tests {
     }
 
     #[test]
+    fn ratios_pair_the_gateway_with_nginx_and_carry_targets() {
+        let doc: Value = serde_json::json!({
+            "results": {
+                "S1-1k-h1": {"servers": ["gateway", "nginx"],
+                    "gateway": {"cpu_us_per_req": 18.0}, "nginx": {"cpu_us_per_req": 24.0}},
+                "S2-deeplink": {"servers": ["gateway", "nginx"],
+                    "gateway": {"cpu_us_per_req": 15.0}, "nginx": {"cpu_us_per_req": 20.0}},
+                "S4-jwt": {"servers": ["gateway-jwt"], "gateway-jwt": {"cpu_us_per_req": 40.0}},
+                "S6-idle": {"gateway": {"rss_kib_before": 100.0, "rss_kib_with_idle": 130.0},
+                    "nginx": {"rss_kib_before": 50.0, "rss_kib_with_idle": 110.0}}
+            }
+        });
+        let r = ratios(&doc);
+        assert_eq!(
+            r,
+            vec![
+                ("S1-1k-h1".to_string(), 0.75, Some(0.85)),
+                ("S2-deeplink".to_string(), 0.75, None),
+                ("S6-idle".to_string(), 0.5, Some(0.5)),
+            ]
+        );
+    }
+
+    #[test]
     fn charts_are_written_as_png() {
         let Ok(font) = std::fs::read(FONT) else {
             panic!("{FONT} missing: scripts/deps.sh installs fonts-dejavu-core");
@@ -201,6 +354,13 @@ mod tests {
         draw(&out, "t", "µs", &data).expect("draw");
         let bytes = std::fs::read(&out).expect("png");
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let ratio = dir.join("r.png");
+        draw_ratios(&ratio, "t", &[("S3-api".into(), 1.4, Some(0.9))]).expect("ratio chart");
+        assert_eq!(
+            &std::fs::read(&ratio).expect("png")[..8],
+            b"\x89PNG\r\n\x1a\n"
+        );
+        assert!(draw_ratios(&ratio, "t", &[]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

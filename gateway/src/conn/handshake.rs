@@ -15,11 +15,23 @@ const FALLBACK_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the handshake of a freshly accepted connection under `limit`; a failure is counted by
 /// reason and logged at debug level (a scanner or a client hanging up is not an error here).
+///
+/// The handshake's state (≈ 4 KiB: the connection being built, rustls' handshake, the timer)
+/// lives in its own allocation, freed when it ends: awaited inline, it would stay reserved in
+/// the connection's future for as long as the connection idles.
 pub async fn handshake(
     acceptor: &Acceptor,
     stream: Stream,
     limit: Option<Duration>,
-) -> Option<TlsStream<L4Stream>> {
+) -> Option<Box<TlsStream<L4Stream>>> {
+    Box::pin(run(acceptor, stream, limit)).await
+}
+
+async fn run(
+    acceptor: &Acceptor,
+    stream: Stream,
+    limit: Option<Duration>,
+) -> Option<Box<TlsStream<L4Stream>>> {
     let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
         debug_assert!(false, "the HTTPS listener hands over plain TCP streams");
         return None;
@@ -27,7 +39,7 @@ pub async fn handshake(
     // `0` in the config turns our deadline off, not the bound: pingora's 60 s remains.
     let limit = limit.unwrap_or(FALLBACK_HANDSHAKE_TIMEOUT);
     let reason = match tokio::time::timeout(limit, acceptor.tls_handshake(*l4)).await {
-        Ok(Ok(tls)) => return Some(tls),
+        Ok(Ok(tls)) => return Some(Box::new(tls)),
         Ok(Err(e)) => {
             let reason = handshake_failure_reason(&e.to_string());
             tracing::debug!(reason, error = %e, "TLS handshake failed");

@@ -89,7 +89,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EdgeApp<A> {
         let _open = handshake::OpenConnection::handshake_done(
             version.as_ref().map_or("", |d| d.version.as_ref()),
         );
-        let stream: Stream = Box::new(tls);
+        let stream: Stream = tls;
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }
