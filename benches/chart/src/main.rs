@@ -124,23 +124,7 @@ fn draw_ratios(path: &Path, title: &str, data: &[Ratio]) -> Result<()> {
         } else {
             RGBColor(243, 128, 32)
         };
-        let mut bar = Rectangle::new(
-            [
-                (0.0, SegmentValue::Exact(y)),
-                (*r, SegmentValue::Exact(y + 1)),
-            ],
-            c.filled(),
-        );
-        bar.set_margin(4, 4, 0, 0);
-        chart.draw_series(std::iter::once(bar))?;
-        let label = ("sans-serif", 14)
-            .into_text_style(&root)
-            .pos(Pos::new(HPos::Left, VPos::Center));
-        chart.draw_series(std::iter::once(Text::new(
-            format!(" {r:.2}×"),
-            (*r, SegmentValue::CenterOf(y)),
-            label,
-        )))?;
+        labelled_bar(&mut chart, &root, y, *r, c, 4, format!(" {r:.2}×"))?;
         if let Some(t) = t {
             chart.draw_series(std::iter::once(PathElement::new(
                 vec![
@@ -159,6 +143,46 @@ fn draw_ratios(path: &Path, title: &str, data: &[Ratio]) -> Result<()> {
         BLACK.stroke_width(2),
     )))?;
     root.present()?;
+    Ok(())
+}
+
+/// The chart both drawings use: a linear value axis, one segment per bar.
+type Bars<'a> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize>,
+    >,
+>;
+
+/// One horizontal bar in row `y` from 0 to `value`, with `text` written after its end.
+fn labelled_bar(
+    chart: &mut Bars<'_>,
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    y: usize,
+    value: f64,
+    colour: RGBColor,
+    margin: u32,
+    text: String,
+) -> Result<()> {
+    let mut bar = Rectangle::new(
+        [
+            (0.0, SegmentValue::Exact(y)),
+            (value, SegmentValue::Exact(y + 1)),
+        ],
+        colour.filled(),
+    );
+    bar.set_margin(margin, margin, 0, 0);
+    chart.draw_series(std::iter::once(bar))?;
+    let label = ("sans-serif", 14)
+        .into_text_style(root)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    chart.draw_series(std::iter::once(Text::new(
+        text,
+        (value, SegmentValue::CenterOf(y)),
+        label,
+    )))?;
     Ok(())
 }
 
@@ -217,23 +241,7 @@ fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
         for (server, v) in bars {
             let y = rows - 1 - i;
             let c = colour(server);
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(y)),
-                    (*v, SegmentValue::Exact(y + 1)),
-                ],
-                c.filled(),
-            );
-            bar.set_margin(3, 3, 0, 0);
-            chart.draw_series(std::iter::once(bar))?;
-            let label = ("sans-serif", 14)
-                .into_text_style(&root)
-                .pos(Pos::new(HPos::Left, VPos::Center));
-            chart.draw_series(std::iter::once(Text::new(
-                format!(" {v:.1}"),
-                (*v, SegmentValue::CenterOf(y)),
-                label,
-            )))?;
+            labelled_bar(&mut chart, &root, y, *v, c, 3, format!(" {v:.1}"))?;
             i += 1;
         }
     }
