@@ -109,6 +109,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_established_tls_stream_reserves_no_handshake_state() {
+        // Every idle connection holds one of these. Without pingora-core patch 1
+        // (third_party/PATCHES.md) it is ≈ 4.7 KiB; a pingora upgrade that loses the patch
+        // fails here, not only in the S6 benchmark.
+        let size = std::mem::size_of::<TlsStream<L4Stream>>();
+        assert!(size < 2048, "TlsStream is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn the_handshake_state_is_not_part_of_the_connection_future() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![ck.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into()),
+            )
+            .expect("config");
+        let acceptor = Acceptor::from_server_config(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let future = handshake(&acceptor, Box::new(L4Stream::from(tcp)), None);
+        // Awaited inline, the handshake's state (≈ 4–7 KiB) would sit in every connection's
+        // future for its whole life; boxed, the connection keeps a pointer.
+        let size = std::mem::size_of_val(&future);
+        assert!(size < 256, "the handshake future is {size} bytes");
+    }
+
+    #[test]
     fn handshake_failure_messages_are_classified() {
         let base = "TLSHandshakeFailure context: TLS accept() failed cause: ";
         for (tail, want) in [
