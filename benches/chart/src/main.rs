@@ -96,26 +96,9 @@ fn draw_ratios(path: &Path, title: &str, data: &[Ratio]) -> Result<()> {
         * 1.15;
     let root = BitMapBackend::new(path, (1000, 120 + rows as u32 * 30)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(160)
-        .build_cartesian_2d(0.0..max, (0..rows).into_segmented())?;
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .x_desc("gateway / nginx (lower is better; red mark: target)")
-        .y_labels(rows)
-        .y_label_formatter(&|y| match y {
-            SegmentValue::CenterOf(y) => rows
-                .checked_sub(1 + *y)
-                .and_then(|i| data.get(i))
-                .map(|(sid, _, _)| sid.clone())
-                .unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()?;
+    let labels: Vec<String> = data.iter().map(|(sid, _, _)| sid.clone()).collect();
+    let x_desc = "gateway / nginx (lower is better; red mark: target)";
+    let mut chart = frame(&root, title, 160, max, x_desc, &labels)?;
     for (i, (_, r, t)) in data.iter().enumerate() {
         let y = rows - 1 - i;
         let met = *r <= t.unwrap_or(1.0);
@@ -147,18 +130,52 @@ fn draw_ratios(path: &Path, title: &str, data: &[Ratio]) -> Result<()> {
 }
 
 /// The chart both drawings use: a linear value axis, one segment per bar.
-type Bars<'a> = ChartContext<
+type Bars<'a, 'b> = ChartContext<
     'a,
-    BitMapBackend<'a>,
+    BitMapBackend<'b>,
     Cartesian2d<
         plotters::coord::types::RangedCoordf64,
         plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize>,
     >,
 >;
 
+/// The chart and its axes: values 0..`max` across, one segmented row per label, the first
+/// label on top (each bar fills its own band, centred on its label).
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    label_width: u32,
+    max: f64,
+    x_desc: &str,
+    labels: &[String],
+) -> Result<Bars<'a, 'b>> {
+    let rows = labels.len();
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(label_width)
+        .build_cartesian_2d(0.0..max, (0..rows).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(x_desc)
+        .y_labels(rows)
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(y) => rows
+                .checked_sub(1 + *y)
+                .and_then(|i| labels.get(i))
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()?;
+    Ok(chart)
+}
+
 /// One horizontal bar in row `y` from 0 to `value`, with `text` written after its end.
 fn labelled_bar(
-    chart: &mut Bars<'_>,
+    chart: &mut Bars<'_, '_>,
     root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     y: usize,
     value: f64,
@@ -211,31 +228,11 @@ fn draw(path: &Path, title: &str, unit: &str, data: &[Group]) -> Result<()> {
     let height = 120 + rows as u32 * 26;
     let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(260)
-        // Segmented rows: each bar fills its own band, centred on its label.
-        .build_cartesian_2d(0.0..max, (0..rows).into_segmented())?;
     let labels: Vec<String> = data
         .iter()
         .flat_map(|(sid, bars)| bars.iter().map(move |(s, _)| format!("{sid} · {s}")))
         .collect();
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .x_desc(unit)
-        .y_labels(rows)
-        .y_label_formatter(&|y| match y {
-            SegmentValue::CenterOf(y) => rows
-                .checked_sub(1 + *y)
-                .and_then(|i| labels.get(i))
-                .cloned()
-                .unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()?;
+    let mut chart = frame(&root, title, 260, max, unit, &labels)?;
     let mut i = 0;
     for (_, bars) in data {
         for (server, v) in bars {
