@@ -123,8 +123,11 @@ fn bench_path_and_negotiation(c: &mut Criterion) {
                 p,
                 None,
                 gateway::route::RouteKind::Proxy {
-                    pool: std::sync::Arc::new(
-                        gateway::upstream::Pool::try_from_conf("p", &pool).expect("pool"),
+                    split: gateway::split::Split::single(
+                        p,
+                        std::sync::Arc::new(
+                            gateway::upstream::Pool::try_from_conf("p", &pool).expect("pool"),
+                        ),
                     ),
                     strip_prefix: false,
                 },

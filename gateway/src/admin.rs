@@ -66,15 +66,25 @@ fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Res
     r.into_http()
 }
 
-/// Names of pools used by a route that have no healthy peer.
+/// Names of the pools of every route that cannot be served: none of its pools in rotation
+/// (weight > 0) has a healthy peer. A split route stays ready while one colour is healthy,
+/// since its requests fail over to it; a standby pool at weight 0 never counts.
 pub fn unready_pools(rt: &Runtime) -> Vec<String> {
     let mut out: Vec<String> = rt
         .routes
         .iter()
         .filter_map(|r| match &r.kind {
-            RouteKind::Proxy { pool, .. } if pool.healthy_peers() == 0 => Some(pool.name.clone()),
-            _ => None,
+            RouteKind::Proxy { split, .. } => Some(split.members()),
+            RouteKind::Static { .. } => None,
         })
+        .filter(|members| {
+            members
+                .iter()
+                .all(|m| m.weight == 0 || m.pool.healthy_peers() == 0)
+        })
+        .flatten()
+        .filter(|m| m.weight > 0)
+        .map(|m| m.pool.name.clone())
         .collect();
     out.sort();
     out.dedup();

@@ -1121,17 +1121,8 @@ pub fn extract_token<'a>(
         }
         _ => {}
     }
-    if let Some(name) = cookie {
-        for h in req.headers.get_all(http::header::COOKIE) {
-            let Ok(h) = h.to_str() else { continue };
-            let found = cookie::Cookie::split_parse(h)
-                .filter_map(Result::ok)
-                .filter(|c| c.name_raw() == Some(name))
-                .find_map(|c| c.value_raw().filter(|v| !v.is_empty()));
-            if let Some(v) = found {
-                return Ok(v);
-            }
-        }
+    if let Some(v) = cookie.and_then(|name| crate::http::cookie::value(&req.headers, name)) {
+        return Ok(v);
     }
     Err(AuthRejection::Missing)
 }

@@ -43,18 +43,26 @@ pub enum SignerError {
     Weak,
 }
 
+/// An HMAC-SHA256 keyed with the first non-empty line of a key file's text (at least
+/// [`MIN_KEY`] bytes); later lines are left to the verifier (keys still accepted during a
+/// rotation). Shared by every key file the gateway signs with.
+pub fn hmac_from_file_text(text: &[u8]) -> Result<Hmac<Sha256>, SignerError> {
+    let key = text
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find(|l| !l.is_empty())
+        .filter(|k| k.len() >= MIN_KEY)
+        .ok_or(SignerError::Weak)?;
+    <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| SignerError::Weak)
+}
+
 impl IdentitySigner {
     /// The first non-empty line of the file's text is the key (later lines are the keys the
     /// backend still accepts during a rotation).
     pub fn from_file_text(text: &[u8]) -> Result<Self, SignerError> {
-        let key = text
-            .split(|b| *b == b'\n')
-            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-            .find(|l| !l.is_empty())
-            .filter(|k| k.len() >= MIN_KEY)
-            .ok_or(SignerError::Weak)?;
-        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| SignerError::Weak)?;
-        Ok(Self { mac })
+        Ok(Self {
+            mac: hmac_from_file_text(text)?,
+        })
     }
 
     /// Reads and checks `path`.

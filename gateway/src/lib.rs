@@ -28,6 +28,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod services;
+pub mod split;
 pub mod state;
 pub mod static_files;
 pub mod text;

@@ -274,6 +274,9 @@ fn access_line(
     field(s, "path", path);
     let route = ctx.route().map_or("", |r| r.name.as_str());
     field(s, "route", route);
+    if let Some(pool) = ctx.pool() {
+        field(s, "pool", &pool.name);
+    }
     if let Some(p) = &ctx.upstream.peer {
         field_peer(s, p);
     }

@@ -412,6 +412,73 @@ impl RouteMetrics {
     }
 }
 
+/// Proxied requests by route, pool and status class: the error rate of each colour of a
+/// blue-green or canary split, side by side.
+pub static POOL_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_pool_requests_total",
+                "Proxied requests by route, pool and status class",
+            ),
+            &["route", "pool", "status"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Why requests of a route went to each pool (`single`, `pin`, `sticky`, `weight`, `failover`).
+pub static SPLIT_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_split_decisions_total",
+                "Pool decisions by route, pool and reason",
+            ),
+            &["route", "pool", "by"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// One pool's handles within one route, resolved when the route is compiled.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    by_class: Vec<prometheus::IntCounter>,
+    by_reason: Vec<prometheus::IntCounter>,
+}
+
+impl std::fmt::Debug for PoolMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolMetrics")
+    }
+}
+
+impl PoolMetrics {
+    /// Handles for `pool` of `route`, one decision counter per label of `reasons`.
+    pub fn new(route: &str, pool: &str, reasons: &[&str]) -> Self {
+        Self {
+            by_class: CLASSES
+                .iter()
+                .map(|c| POOL_REQUESTS.with_label_values(&[route, pool, c]))
+                .collect(),
+            by_reason: reasons
+                .iter()
+                .map(|r| SPLIT_DECISIONS.with_label_values(&[route, pool, r]))
+                .collect(),
+        }
+    }
+
+    /// Records one proxied request that went to this pool for reason `reason` (an index into
+    /// the labels given to [`PoolMetrics::new`]).
+    pub fn record(&self, status: u16, reason: usize) {
+        self.by_class[class_index(status)].inc();
+        if let Some(c) = self.by_reason.get(reason) {
+            c.inc();
+        }
+    }
+}
+
 /// Metrics of requests that matched no route.
 pub static NO_ROUTE: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("none"));
 
@@ -438,6 +505,8 @@ pub fn render() -> Vec<u8> {
     LazyLock::force(&OPEN_CONNECTIONS);
     LazyLock::force(&PROCESS);
     LazyLock::force(&LAST_RELOAD_SUCCESS);
+    LazyLock::force(&POOL_REQUESTS);
+    LazyLock::force(&SPLIT_DECISIONS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
     out

@@ -4,8 +4,8 @@
 //! and ordered like the config, so a linear scan beats any index and keeps "first match wins"
 //! obvious to operators.
 
+use crate::split::Split;
 use crate::static_files::AssetBundle;
-use crate::upstream::Pool;
 use std::sync::Arc;
 
 /// What a matched route does.
@@ -13,8 +13,8 @@ use std::sync::Arc;
 pub enum RouteKind {
     /// Proxy to a pool.
     Proxy {
-        /// The pool.
-        pool: Arc<Pool>,
+        /// The pool, or the pools and how a request picks one.
+        split: Split,
         /// Remove the route prefix before forwarding.
         strip_prefix: bool,
     },
@@ -157,6 +157,7 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn r(prefix: &str, host: Option<&str>) -> Route {
         let pool: crate::upstream::UpstreamConf =
@@ -166,7 +167,10 @@ mod tests {
             prefix,
             host,
             RouteKind::Proxy {
-                pool: Arc::new(Pool::try_from_conf("p", &pool).expect("pool")),
+                split: Split::single(
+                    "t",
+                    Arc::new(crate::upstream::Pool::try_from_conf("p", &pool).expect("pool")),
+                ),
                 strip_prefix: false,
             },
         )

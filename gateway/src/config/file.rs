@@ -14,6 +14,7 @@ pub use crate::cors::CorsConf;
 pub use crate::rate_limit::{
     OnStoreErrorConf, PerConf, RateLimitHeadersConf, RatePolicyConf, StoreConf,
 };
+pub use crate::split::{PinConf, StickyConf, WeightedPoolConf};
 pub use crate::upstream::{BalanceConf, UpstreamConf};
 
 /// The whole configuration file.
@@ -431,9 +432,24 @@ pub struct RouteConf {
     pub host: Option<String>,
     /// `proxy` or `static`.
     pub kind: RouteKindConf,
-    /// Pool name, for `proxy` routes.
+    /// Pool name, for `proxy` routes (or `upstreams`).
     #[serde(default)]
     pub upstream: Option<Spanned<String>>,
+    /// Proxy: several pools with weights instead of `upstream` (blue-green, canary), e.g.
+    /// `[{ pool = "blue", weight = 90 }, { pool = "green", weight = 10 }]`; weights are
+    /// relative, 0 takes only pinned requests, the sum must be above 0. Default none.
+    #[serde(default)]
+    pub upstreams: Option<Spanned<Vec<WeightedPoolConf>>>,
+    /// Proxy with `upstreams`: requests sent to a pool whatever the weights, first match wins,
+    /// e.g. `[{ header = "x-canary", value = "1", pool = "green" }]` or `{ cookie = "canary",
+    /// pool = "green" }` (no `value`: any non-empty value). Default `[]`.
+    #[serde(default)]
+    pub pin: Vec<Spanned<PinConf>>,
+    /// Proxy with `upstreams`: keep a client on the pool it was first given, with a signed
+    /// cookie: `{ key_file = "secrets/sticky.key", cookie = "gw_pool", max_age_seconds =
+    /// 86400 }`. Default none (every request decided by pins and weights).
+    #[serde(default)]
+    pub sticky: Option<Spanned<StickyConf>>,
     /// Remove `prefix` from the path sent upstream. Default false.
     #[serde(default)]
     pub strip_prefix: bool,

@@ -117,6 +117,11 @@ fn build(
             watch_files.push(resolve(base, f.get_ref()));
         }
     }
+    for r in &conf.routes {
+        if let Some(s) = &r.get_ref().sticky {
+            watch_files.push(resolve(base, s.get_ref().key_file.get_ref()));
+        }
+    }
     for page in conf
         .maintenance
         .page

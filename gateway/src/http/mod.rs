@@ -4,6 +4,7 @@
 
 pub mod client_ip;
 pub mod conneg;
+pub mod cookie;
 pub mod edge_response;
 pub mod host;
 pub mod security_headers;

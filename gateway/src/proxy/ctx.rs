@@ -64,6 +64,8 @@ pub struct Rate {
 /// Upstream attempts.
 #[derive(Debug, Default)]
 pub struct Upstream {
+    /// The pool of the route's split this request goes to, decided before the first peer.
+    pub choice: Option<crate::split::Choice>,
     /// Peer of the last attempt (excluded on retry).
     pub peer: Option<PeerAddr>,
     /// Connect attempts so far.
@@ -119,12 +121,18 @@ impl Ctx {
         self.routing.index.map(|i| &self.rt.routes[i])
     }
 
-    /// The pool of the matched proxy route.
-    pub fn pool(&self) -> Option<&Arc<crate::upstream::Pool>> {
+    /// The split of the matched proxy route.
+    pub fn split(&self) -> Option<&crate::split::Split> {
         match &self.route()?.kind {
-            crate::route::RouteKind::Proxy { pool, .. } => Some(pool),
+            crate::route::RouteKind::Proxy { split, .. } => Some(split),
             crate::route::RouteKind::Static { .. } => None,
         }
+    }
+
+    /// The pool this proxied request went to, once chosen.
+    pub fn pool(&self) -> Option<&Arc<crate::upstream::Pool>> {
+        let choice = self.upstream.choice?;
+        Some(self.split()?.pool(choice.index))
     }
 
     /// Variables of header rules for this request.

@@ -241,8 +241,8 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        upstream::peer(ctx)
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        upstream::peer(session.req_header(), ctx)
     }
 
     async fn upstream_request_filter(
@@ -334,6 +334,9 @@ impl ProxyHttp for Gateway {
             .map_or(&*crate::metrics::NO_ROUTE, |r| &r.metrics);
         let elapsed = ctx.acct.started.elapsed();
         m.record(&session.req_header().method, status, elapsed);
+        if let (Some(choice), Some(split)) = (ctx.upstream.choice, ctx.split()) {
+            split.record(choice, status);
+        }
         if let Some(enc) = ctx.acct.encoding {
             m.record_static(status, enc);
         }

@@ -10,6 +10,22 @@ use http::HeaderName;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+/// A new sticky assignment is told to the client (appended: the upstream's own cookies stay).
+fn sticky_cookie(resp: &mut ResponseHeader, ctx: &Ctx) {
+    let Some(choice) = ctx.upstream.choice.filter(|c| c.set_cookie) else {
+        return;
+    };
+    let Some(split) = ctx.split() else {
+        return;
+    };
+    if let Some(v) = split
+        .sticky()
+        .and_then(|s| s.set_cookie(&split.pool(choice.index).name))
+    {
+        let _ = resp.append_header(http::header::SET_COOKIE, v);
+    }
+}
+
 /// `response_filter` of proxied responses.
 pub fn filter(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
     if let Some(t) = ctx.upstream.started {
@@ -20,6 +36,7 @@ pub fn filter(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
         }
     }
     edge_headers(resp, ctx);
+    sticky_cookie(resp, ctx);
     ctx.acct.status = resp.status.as_u16();
     let Some(route) = ctx.route() else {
         return;

@@ -4,28 +4,71 @@
 //! forwarded path (prefix stripped), then the route's request header rules.
 
 use super::ctx::Ctx;
+use crate::split::{By, Choice};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 use std::time::Instant;
 
-/// Chooses the peer of this attempt.
-pub fn peer(ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-    let Some(pool) = ctx.pool().cloned() else {
+/// Chooses the peer of this attempt; on the first, the pool of the route's split
+/// ([`crate::split`]), moving to another pool in rotation when the chosen one has no healthy
+/// peer (pinned requests stay where they were pinned: a tester must not land elsewhere).
+pub fn peer(req: &RequestHeader, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    let Some(split) = ctx.split() else {
         return Error::e_explain(ErrorType::InternalError, "no proxy route");
     };
-    ctx.upstream.attempts += 1;
-    // Only consistent hashing needs a key; round robin ignores it.
-    let key = match (pool.hashes(), ctx.client.ip) {
-        (true, Some(std::net::IpAddr::V4(ip))) => ip.octets().to_vec(),
-        (true, Some(std::net::IpAddr::V6(ip))) => ip.octets().to_vec(),
-        _ => Vec::new(),
+    let mut choice = match ctx.upstream.choice {
+        Some(c) => c,
+        None => split.choose(&req.headers),
     };
-    let Some(addr) = pool.select(&key, ctx.upstream.peer.as_ref()) else {
+    // Only consistent hashing needs a key; round robin ignores it. On the stack: no
+    // allocation per request.
+    let mut key_bytes = [0u8; 16];
+    let key_len = match ctx.client.ip {
+        Some(std::net::IpAddr::V4(ip)) => {
+            key_bytes[..4].copy_from_slice(&ip.octets());
+            4
+        }
+        Some(std::net::IpAddr::V6(ip)) => {
+            key_bytes = ip.octets();
+            16
+        }
+        None => 0,
+    };
+    let hash_key = |pool: &crate::upstream::Pool| {
+        if pool.hashes() {
+            &key_bytes[..key_len]
+        } else {
+            &[][..]
+        }
+    };
+    let mut pool = split.pool(choice.index).clone();
+    let mut selected = pool.select(hash_key(&pool), ctx.upstream.peer.as_ref());
+    if selected.is_none() {
         crate::metrics::UPSTREAM_ERRORS
             .with_label_values(&[pool.name.as_str(), "no_healthy_peer"])
             .inc();
+    }
+    if selected.is_none() && ctx.upstream.choice.is_none() && choice.by != By::Pin {
+        for index in split.fallbacks(choice.index) {
+            let other = split.pool(index);
+            if let Some(addr) = other.select(hash_key(other), None) {
+                pool = other.clone();
+                selected = Some(addr);
+                // Not sticky to the fallback: the next request tries its own colour again.
+                choice = Choice {
+                    index,
+                    by: By::Failover,
+                    set_cookie: false,
+                };
+                break;
+            }
+        }
+    }
+    ctx.upstream.attempts += 1;
+    ctx.upstream.choice = Some(choice);
+    let Some(addr) = selected else {
         return Error::e_explain(
             ErrorType::HTTPStatus(502),
             format!("pool {} has no healthy peer", pool.name),

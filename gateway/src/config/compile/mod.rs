@@ -10,5 +10,6 @@ pub mod process;
 pub mod rate_limit;
 pub mod routes;
 pub mod security;
+pub mod split;
 pub mod tls;
 pub mod upstreams;

@@ -73,33 +73,12 @@ pub fn routes(
                         format!("route `{}`: `root` is only for static routes", rc.name),
                     ));
                 }
-                match &rc.upstream {
-                    None => {
-                        problems.push(src.problem(
-                            r,
-                            format!("route `{}`: a proxy route needs `upstream`", rc.name),
-                        ));
-                        None
+                super::split::split(r, conf, base, pools, src, problems).map(|split| {
+                    RouteKind::Proxy {
+                        split,
+                        strip_prefix: rc.strip_prefix,
                     }
-                    Some(up) => match pools.get(up.get_ref()) {
-                        Some(pool) => Some(RouteKind::Proxy {
-                            pool: pool.clone(),
-                            strip_prefix: rc.strip_prefix,
-                        }),
-                        None if conf.upstreams.contains_key(up.get_ref()) => None,
-                        None => {
-                            problems.push(src.problem(
-                                up,
-                                format!(
-                                    "route `{}`: upstream `{}` is not defined in [upstreams]",
-                                    rc.name,
-                                    up.get_ref()
-                                ),
-                            ));
-                            None
-                        }
-                    },
-                }
+                })
             }
             RouteKindConf::Static => match &rc.root {
                 None => {
@@ -128,6 +107,9 @@ pub fn routes(
                 }
             },
         };
+        if rc.kind != RouteKindConf::Proxy {
+            super::split::refuse_on_static(rc, src, problems);
+        }
         let auth = route_auth(rc, providers, src, problems);
         let rules = route_rate_rules(rc, rate_policies, src, r, problems);
         let cors = match &rc.cors {
