@@ -50,7 +50,8 @@ pub fn peer(req: &RequestHeader, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
             .with_label_values(&[pool.name.as_str(), "no_healthy_peer"])
             .inc();
     }
-    if selected.is_none() && ctx.upstream.choice.is_none() && choice.by != By::Pin {
+    // Also on a retry: a connect failure may just have taken the pool's last peer down.
+    if selected.is_none() && choice.by != By::Pin {
         for index in split.fallbacks(choice.index) {
             let other = split.pool(index);
             if let Some(addr) = other.select(hash_key(other), None) {

@@ -6,6 +6,7 @@ use gateway::certs::{DevCa, IssuedCert};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -533,4 +534,42 @@ pub async fn metric(gw: &Gateway, series: &str) -> f64 {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Client tasks hammering the gateway until `stop`; counts successes and failures.
+pub fn load(
+    gw: &Gateway,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        // Half keep-alive, half a fresh connection per request.
+        let mut b = gw.client_builder();
+        if i % 2 == 1 {
+            b = b.pool_max_idle_per_host(0);
+        }
+        let c = b.build().expect("client");
+        let url = gw.url("/api/load");
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => {
+                        eprintln!("failed: status {}", r.status());
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("failed: {e:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tasks
 }

@@ -12,5 +12,6 @@ mod probe;
 mod proxy;
 mod rate_limit;
 mod reload;
+mod split;
 mod static_files;
 mod tls;

@@ -18,44 +18,6 @@ fn conf_text(dir: &Path, ports: &Ports, certs: &TestCerts, peer: &str, hsts: u64
     )
 }
 
-/// Client tasks hammering the gateway until `stop`; counts successes and failures.
-fn load(
-    gw: &Gateway,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for i in 0..4 {
-        // Half keep-alive, half a fresh connection per request.
-        let mut b = gw.client_builder();
-        if i % 2 == 1 {
-            b = b.pool_max_idle_per_host(0);
-        }
-        let c = b.build().expect("client");
-        let url = gw.url("/api/load");
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        eprintln!("failed: status {}", r.status());
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        eprintln!("failed: {e:?}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    tasks
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_reloads_under_load_lose_no_request() {
     let dir = tempfile::tempdir().expect("tmp");
