@@ -127,6 +127,34 @@ pub static RATE_STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Replicas a local policy's quota is divided by (1 without `replicas`).
+pub static RATE_REPLICAS: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    register(
+        prometheus::IntGaugeVec::new(
+            Opts::new(
+                "gateway_rate_limit_replicas",
+                "Replicas a rate-limit policy's quota is divided by",
+            ),
+            &["policy"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
+/// Failed re-reads of a policy's replica count (the last count stayed in force).
+pub static RATE_REPLICAS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_rate_limit_replicas_errors_total",
+                "Failed re-reads of a rate-limit policy's replica count (last count kept)",
+            ),
+            &["policy"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    )
+});
+
 /// Requests counted in a policy's shared overflow bucket (key cap reached).
 pub static RATE_OVERFLOW: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
@@ -494,6 +522,8 @@ pub fn render() -> Vec<u8> {
     LazyLock::force(&RATE_TRACKED_KEYS);
     LazyLock::force(&RATE_OVERFLOW);
     LazyLock::force(&RATE_STORE_ERRORS);
+    LazyLock::force(&RATE_REPLICAS);
+    LazyLock::force(&RATE_REPLICAS_ERRORS);
     LazyLock::force(&STATIC_RESPONSES);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&PEER_HEALTHY);

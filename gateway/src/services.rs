@@ -1,7 +1,7 @@
 //! Background services over the live runtime: active health checks of every pool, JWKS
-//! fetch and refresh of every provider, rate-limit cleanup and shared-store probes. Each reads
-//! the current generation at every tick, so a reload needs no restart of these tasks; each
-//! stops on shutdown (pingora `BackgroundService`, no detached loops).
+//! fetch and refresh of every provider, rate-limit cleanup, shared-store probes and replica
+//! counts. Each reads the current generation at every tick, so a reload needs no restart of
+//! these tasks; each stops on shutdown (pingora `BackgroundService`, no detached loops).
 
 use crate::runtime::Runtime;
 use crate::state::{every, SharedRuntime};
@@ -117,7 +117,7 @@ impl BackgroundService for RateLimitService {
         // path: requests never wait on a reconnect.
         let probe = every(
             &self.runtime,
-            shutdown,
+            shutdown.clone(),
             crate::rate_limit::store::PROBE_PERIOD,
             |rt| async move {
                 for p in rt.rate_policies.values() {
@@ -127,7 +127,22 @@ impl BackgroundService for RateLimitService {
                 }
             },
         );
-        tokio::join!(cleanup, probe);
+        // `dns:` replica counts: the lookup blocks, so it runs on the blocking pool; a request
+        // only ever reads the count in force.
+        let replicas = every(
+            &self.runtime,
+            shutdown,
+            crate::rate_limit::replicas::REFRESH,
+            |rt| async move {
+                for p in rt.rate_policies.values() {
+                    if p.resolves_replicas() {
+                        let p = p.clone();
+                        let _ = tokio::task::spawn_blocking(move || p.refresh_replicas()).await;
+                    }
+                }
+            },
+        );
+        tokio::join!(cleanup, probe, replicas);
     }
 }
 

@@ -56,7 +56,7 @@ fn rate_headers(resp: &mut impl PutHeader, ctx: &Ctx) {
         .reset_override
         .unwrap_or_else(|| p.reset_secs(*remaining));
     if h.ratelimit {
-        resp.put(POLICY, p.policy_header().clone());
+        resp.put(POLICY, p.policy_header());
         // A policy name that is no valid header value leaves this header out.
         if let Ok(v) = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", p.name)) {
             resp.put(STATE, v);

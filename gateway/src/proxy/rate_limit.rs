@@ -80,7 +80,7 @@ pub async fn check(session: &Session, ctx: &mut Ctx, stage: Stage) -> Verdict {
                     // Still tell the client which policy and when, even with headers off.
                     r.put(
                         http::HeaderName::from_static("ratelimit-policy"),
-                        p.policy_header().clone(),
+                        p.policy_header(),
                     );
                 }
                 return Verdict::Respond(r);

@@ -6,12 +6,17 @@
 //! any JWT work; policies keyed by `subject` run right after the token is verified. Both come
 //! before static or proxy work. A 429 carries `Retry-After` (whole seconds, rounded up) and the
 //! IETF `RateLimit-Policy` / `RateLimit` headers.
+//!
+//! A local policy with `replicas` ([`replicas`]) enforces its share of the quota on this
+//! replica; its headers state that share, since that is the limit this replica applies.
 
 pub mod key;
+pub mod replicas;
 pub mod store;
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
@@ -19,7 +24,9 @@ use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 use http::Method;
 pub use key::{Decision, LimitKey};
+use replicas::{ReplicaSource, ReplicasConf, ReplicasError, Resolver};
 use serde::Deserialize;
+use serde_spanned::Spanned;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,7 +113,123 @@ impl ShrinkableKeyedStateStore<LimitKey> for CappedStore {
     }
 }
 
-type Limiter = RateLimiter<LimitKey, CappedStore, DefaultClock, StateInformationMiddleware>;
+/// One limiter's view of its policy's store. governor keeps a bucket as nanoseconds since the
+/// limiter was built, and its quota is fixed at construction; a limiter rebuilt for a new
+/// replica count therefore sees the same buckets shifted by `offset` (its start minus the
+/// policy's first), so every bucket carries over as the same instant: a scale event is neither
+/// a fresh burst nor a penalty.
+#[derive(Debug)]
+struct StoreView {
+    store: Arc<CappedStore>,
+    offset: u64,
+}
+
+impl StateStore for StoreView {
+    type Key = LimitKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &LimitKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let off = self.offset;
+        self.store.measure_and_replace(key, |prev| {
+            // A bucket older than this limiter reads as its start: already full either way.
+            let (t, next) = f(prev.map(|p| Nanos::from(p.as_u64().saturating_sub(off))))?;
+            Ok((t, Nanos::from(next.as_u64() + off)))
+        })
+    }
+}
+
+impl ShrinkableKeyedStateStore<LimitKey> for StoreView {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.store
+            .retain_recent(Nanos::from(drop_below.as_u64() + self.offset));
+    }
+
+    fn shrink_to_fit(&self) {
+        self.store.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+}
+
+type Limiter = RateLimiter<LimitKey, StoreView, DefaultClock, StateInformationMiddleware>;
+
+/// What this replica enforces: the policy's quota and burst divided by the replica count, and
+/// the limiter built for them. Swapped whole when the count changes, so a request never pairs
+/// one count with another count's limiter; the hot path pays one `ArcSwap` load.
+struct Share {
+    replicas: u32,
+    quota: u32,
+    burst: u32,
+    limiter: Limiter,
+    /// `RateLimit-Policy` value (this replica's quota).
+    policy_header: http::HeaderValue,
+}
+
+/// What a policy's limiters are built from: the configured (cluster-wide) numbers and the one
+/// store every limiter generation shares.
+struct Limits {
+    name: String,
+    per: PerConf,
+    quota: u32,
+    burst: u32,
+    window_secs: u64,
+    store: Arc<CappedStore>,
+    clock: DefaultClock,
+    /// When the policy was built: the zero of the store's times.
+    origin: <DefaultClock as Clock>::Instant,
+}
+
+impl Limits {
+    /// The limiter and numbers for `replicas` replicas, over the one store.
+    fn share(&self, replicas: u32) -> Share {
+        let quota = replicas::per_replica(self.quota, replicas);
+        let burst = replicas::per_replica(self.burst, replicas);
+        let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+        let rate = match self.per {
+            PerConf::Second => Quota::per_second(n(quota)),
+            PerConf::Minute => Quota::per_minute(n(quota)),
+            PerConf::Hour => Quota::per_hour(n(quota)),
+        }
+        .allow_burst(n(burst));
+        // governor takes its start inside `new`; measured just before, the view's times are
+        // off by the nanoseconds `new` takes, on the strict side.
+        let offset = self.clock.now().duration_since(self.origin).as_u64();
+        let limiter = RateLimiter::new(
+            rate,
+            StoreView {
+                store: self.store.clone(),
+                offset,
+            },
+            self.clock.clone(),
+        );
+        let policy_header = http::HeaderValue::from_str(&format!(
+            "\"{}\";q={quota};w={}",
+            self.name, self.window_secs
+        ))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("\"policy\""));
+        Share {
+            replicas,
+            quota,
+            burst,
+            limiter,
+            policy_header,
+        }
+    }
+}
+
+/// Where a policy's replica count comes from, and how a name is resolved.
+struct ReplicaCount {
+    source: ReplicaSource,
+    resolve: Resolver,
+}
 
 /// One part of a policy key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +248,9 @@ pub enum PolicyError {
     Zero,
     #[error("store = \"redis\" needs a valid redis_url: {0}")]
     Redis(String),
+    /// Located at the `replicas` value.
+    #[error(transparent)]
+    Replicas(#[from] ReplicasError),
 }
 
 /// A compiled policy with its limiter. Kept across reloads while its definition is unchanged,
@@ -135,12 +261,10 @@ pub struct RatePolicy {
     /// The definition (compared on reload).
     pub conf: RatePolicyConf,
     key: Vec<KeyPart>,
-    limiter: Limiter,
-    clock: DefaultClock,
-    /// `RateLimit-Policy` value.
-    policy_header: http::HeaderValue,
-    window_secs: u64,
-    burst: u32,
+    share: ArcSwap<Share>,
+    limits: Limits,
+    /// Set for a local policy with `replicas`.
+    replicas: Option<ReplicaCount>,
     /// The Redis store of a `store = "redis"` policy.
     pub shared: Option<crate::rate_limit::store::RedisStore>,
 }
@@ -154,8 +278,17 @@ impl std::fmt::Debug for RatePolicy {
 }
 
 impl RatePolicy {
-    /// Compiles a policy.
+    /// Compiles a policy; a `dns:` replica count is resolved now, by the system resolver.
     pub fn try_from_conf(name: &str, conf: &RatePolicyConf) -> Result<Self, PolicyError> {
+        Self::try_from_conf_with(name, conf, replicas::system_resolver())
+    }
+
+    /// [`RatePolicy::try_from_conf`] with the resolver of `dns:` replica counts.
+    pub fn try_from_conf_with(
+        name: &str,
+        conf: &RatePolicyConf,
+        resolve: Resolver,
+    ) -> Result<Self, PolicyError> {
         let mut key = Vec::new();
         for part in conf.key.split('+').map(str::trim) {
             key.push(match part {
@@ -170,28 +303,32 @@ impl RatePolicy {
                 },
             });
         }
-        let quota_n = NonZeroU32::new(conf.quota).ok_or(PolicyError::Zero)?;
-        let burst = NonZeroU32::new(conf.burst.unwrap_or(conf.quota)).ok_or(PolicyError::Zero)?;
+        if conf.quota == 0 || conf.burst == Some(0) {
+            return Err(PolicyError::Zero);
+        }
+        let burst = conf.burst.unwrap_or(conf.quota);
         let window_secs = match conf.per {
             PerConf::Second => 1,
             PerConf::Minute => 60,
             PerConf::Hour => 3600,
         };
-        let quota = match conf.per {
-            PerConf::Second => Quota::per_second(quota_n),
-            PerConf::Minute => Quota::per_minute(quota_n),
-            PerConf::Hour => Quota::per_hour(quota_n),
-        }
-        .allow_burst(burst);
-        let clock = DefaultClock::default();
-        let limiter: Limiter = RateLimiter::<_, _, _, StateInformationMiddleware>::new(
-            quota,
-            CappedStore::new(name, conf.max_keys.max(1)),
-            clock.clone(),
-        );
-        let policy_header =
-            http::HeaderValue::from_str(&format!("\"{name}\";q={};w={window_secs}", conf.quota))
-                .unwrap_or_else(|_| http::HeaderValue::from_static("\"policy\""));
+        let source = conf
+            .replicas
+            .as_ref()
+            .map(|r| r.get_ref().try_source())
+            .transpose()?;
+        let (replicas, count) = match (source, conf.store) {
+            (None, _) => (None, 1),
+            // Redis already holds one quota for every replica: dividing would make it stricter.
+            (Some(_), StoreConf::Redis) => {
+                tracing::warn!(policy = %name, "replicas is ignored with store = \"redis\": the Redis quota is already cluster-wide");
+                (None, 1)
+            }
+            (Some(source), StoreConf::Local) => {
+                let count = source.count(&resolve)?;
+                (Some(ReplicaCount { source, resolve }), count)
+            }
+        };
         let shared = match conf.store {
             StoreConf::Local => None,
             StoreConf::Redis => {
@@ -212,24 +349,78 @@ impl RatePolicy {
                         url,
                         conf.quota,
                         Duration::from_secs(window_secs),
-                        burst.get(),
+                        burst,
                         on_error,
                     )
                     .map_err(|e| PolicyError::Redis(e.to_string()))?,
                 )
             }
         };
+        let clock = DefaultClock::default();
+        let limits = Limits {
+            name: name.to_string(),
+            per: conf.per,
+            quota: conf.quota,
+            burst,
+            window_secs,
+            store: Arc::new(CappedStore::new(name, conf.max_keys.max(1))),
+            origin: clock.now(),
+            clock,
+        };
+        crate::metrics::RATE_REPLICAS
+            .with_label_values(&[name])
+            .set(i64::from(count));
         Ok(Self {
             name: name.to_string(),
             conf: conf.clone(),
             key,
-            limiter,
-            clock,
-            policy_header,
-            window_secs,
-            burst: burst.get(),
+            share: ArcSwap::from_pointee(limits.share(count)),
+            limits,
+            replicas,
             shared,
         })
+    }
+
+    /// Whether the replica count is re-read from DNS (by the background refresh).
+    pub fn resolves_replicas(&self) -> bool {
+        matches!(
+            self.replicas,
+            Some(ReplicaCount {
+                source: ReplicaSource::Dns(_),
+                ..
+            })
+        )
+    }
+
+    /// Replicas this policy's quota is divided by now (1 without `replicas`).
+    pub fn replicas(&self) -> u32 {
+        self.share.load().replicas
+    }
+
+    /// Re-reads the replica count (blocking: DNS) and, when it changed, swaps in a limiter
+    /// for the new share over the same buckets. On failure the last count stays in force.
+    pub fn refresh_replicas(&self) {
+        let Some(rc) = &self.replicas else {
+            return;
+        };
+        match rc.source.count(&rc.resolve) {
+            Ok(n) => {
+                let before = self.replicas();
+                if n != before {
+                    self.share.store(Arc::new(self.limits.share(n)));
+                    crate::metrics::RATE_REPLICAS
+                        .with_label_values(&[self.name.as_str()])
+                        .set(i64::from(n));
+                    tracing::info!(policy = %self.name, before, replicas = n, quota = replicas::per_replica(self.conf.quota, n), "replica count changed; per-replica quota follows");
+                }
+            }
+            Err(e) => {
+                crate::metrics::RATE_REPLICAS_ERRORS
+                    .with_label_values(&[self.name.as_str()])
+                    .inc();
+                tracing::warn!(policy = %self.name, error = %e, replicas = self.replicas(), "replica count unavailable; keeping the last one");
+            }
+        }
     }
 
     /// Whether the key needs the verified subject (so the check runs after JWT).
@@ -276,14 +467,14 @@ impl RatePolicy {
         LimitKey::Text(out.into_boxed_str())
     }
 
-    /// Counts one request under `key`.
+    /// Counts one request under `key` in this replica's share of the quota.
     pub fn check(&self, key: &LimitKey) -> Decision {
-        match self.limiter.check_key(key) {
+        match self.share.load().limiter.check_key(key) {
             Ok(snapshot) => Decision::Allowed {
                 remaining: snapshot.remaining_burst_capacity(),
             },
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
+                let wait = not_until.wait_time_from(self.limits.clock.now());
                 // Whole seconds, rounded up, at least 1.
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 Decision::Limited {
@@ -311,7 +502,7 @@ impl RatePolicy {
                 match store.on_error {
                     OnStoreError::Local => self.check(key),
                     OnStoreError::Allow => Decision::Allowed {
-                        remaining: self.burst,
+                        remaining: self.limits.burst,
                     },
                     OnStoreError::Deny => Decision::Limited { retry_after: 1 },
                 }
@@ -319,32 +510,34 @@ impl RatePolicy {
         }
     }
 
-    /// `RateLimit-Policy` value.
-    pub fn policy_header(&self) -> &http::HeaderValue {
-        &self.policy_header
+    /// `RateLimit-Policy` value: the quota this replica enforces.
+    pub fn policy_header(&self) -> http::HeaderValue {
+        self.share.load().policy_header.clone()
     }
 
     /// Seconds until a bucket with `remaining` left is full again (for `RateLimit: t=`).
     pub fn reset_secs(&self, remaining: u32) -> u64 {
-        let used = u64::from(self.burst.saturating_sub(remaining));
-        let per_unit = self.window_secs as f64 / f64::from(self.conf.quota.max(1));
+        let share = self.share.load();
+        let used = u64::from(share.burst.saturating_sub(remaining));
+        let per_unit = self.limits.window_secs as f64 / f64::from(share.quota.max(1));
         (used as f64 * per_unit).ceil() as u64
     }
 
-    /// Limit for `X-RateLimit-Limit`.
+    /// Limit for `X-RateLimit-Limit`: the quota this replica enforces.
     pub fn limit(&self) -> u32 {
-        self.conf.quota
+        self.share.load().quota
     }
 
     /// Keys currently tracked.
     pub fn tracked_keys(&self) -> usize {
-        self.limiter.len()
+        self.limits.store.len()
     }
 
     /// Drops keys whose state is back to fresh and returns memory.
     pub fn cleanup(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let share = self.share.load();
+        share.limiter.retain_recent();
+        share.limiter.shrink_to_fit();
     }
 }
 
@@ -410,6 +603,12 @@ pub struct RatePolicyConf {
     /// Default `local`.
     #[serde(default)]
     pub on_store_error: OnStoreErrorConf,
+    /// With `store = "local"`: divide `quota` and `burst` by the ready gateway replicas (ceil,
+    /// at least 1) so the cluster-wide limit stays `quota`. A count (`3`) or
+    /// `"dns:<headless service name>"` (distinct addresses, re-read every 10 s; must resolve
+    /// at load). Ignored, with a warning, with `store = "redis"`. Default: none (not divided).
+    #[serde(default)]
+    pub replicas: Option<Spanned<ReplicasConf>>,
 }
 
 /// Where a policy keeps its counters.
@@ -519,6 +718,80 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         p.cleanup();
         assert_eq!(p.tracked_keys(), 0);
+    }
+
+    /// Requests allowed out of `n` tries, back to back.
+    fn allowed(p: &RatePolicy, k: &LimitKey, n: u32) -> u32 {
+        (0..n)
+            .filter(|_| matches!(p.check(k), Decision::Allowed { .. }))
+            .count() as u32
+    }
+
+    #[test]
+    fn quota_follows_the_replica_count() {
+        use std::sync::atomic::AtomicU32;
+        // A fake cluster: the resolver answers whatever `ready` says.
+        let ready = Arc::new(AtomicU32::new(2));
+        let seen = ready.clone();
+        let resolve: Resolver = Arc::new(move |name: &str| {
+            assert_eq!(name, "gw.test");
+            match seen.load(Ordering::Relaxed) {
+                0 => Err(std::io::Error::other("SERVFAIL")),
+                n => Ok(n),
+            }
+        });
+        let conf: RatePolicyConf = toml::from_str(
+            "key = \"client_ip\"\nquota = 100\nper = \"minute\"\nreplicas = \"dns:gw.test\"\n",
+        )
+        .expect("conf");
+        let p = RatePolicy::try_from_conf_with("r", &conf, resolve).expect("policy");
+        assert!(p.resolves_replicas());
+        assert_eq!((p.replicas(), p.limit()), (2, 50));
+        assert_eq!(p.policy_header(), "\"r\";q=50;w=60");
+        let a = ip("10.0.0.1");
+        assert_eq!(allowed(&p, &a, 80), 50, "100/min over 2 replicas");
+
+        ready.store(5, Ordering::Relaxed);
+        p.refresh_replicas();
+        assert_eq!((p.replicas(), p.limit()), (5, 20));
+        assert_eq!(p.policy_header(), "\"r\";q=20;w=60");
+        assert_eq!(
+            allowed(&p, &ip("10.0.0.2"), 80),
+            20,
+            "100/min over 5 replicas"
+        );
+        // The bucket carried over in time units (60 s of debt against the new 60 s burst
+        // window): no fresh burst for a client that was already limited.
+        assert!(allowed(&p, &a, 80) <= 1);
+
+        // A failed lookup keeps the last count in force.
+        ready.store(0, Ordering::Relaxed);
+        p.refresh_replicas();
+        assert_eq!(p.replicas(), 5);
+        assert_eq!(allowed(&p, &ip("10.0.0.3"), 80), 20);
+    }
+
+    #[test]
+    fn replicas_divide_a_static_count_and_are_ignored_with_redis() {
+        let conf: RatePolicyConf = toml::from_str(
+            "key = \"client_ip\"\nquota = 4\nburst = 3\nper = \"second\"\nreplicas = 2\n",
+        )
+        .expect("conf");
+        let p = RatePolicy::try_from_conf("s", &conf).expect("policy");
+        assert!(!p.resolves_replicas());
+        assert_eq!((p.replicas(), p.limit()), (2, 2));
+        assert_eq!(allowed(&p, &ip("10.0.0.1"), 10), 2, "burst 3 over 2 = 2");
+
+        let conf: RatePolicyConf = toml::from_str(
+            "key = \"client_ip\"\nquota = 4\nper = \"second\"\nreplicas = 2\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n",
+        )
+        .expect("conf");
+        let p = RatePolicy::try_from_conf("s", &conf).expect("policy");
+        assert_eq!(
+            (p.replicas(), p.limit()),
+            (1, 4),
+            "Redis already holds the cluster quota"
+        );
     }
 
     #[test]

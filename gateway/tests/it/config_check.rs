@@ -220,3 +220,36 @@ fn unknown_auth_modes_and_algorithms_are_reported_together_with_positions() {
     );
     assert!(out.contains("algorithm `HS257` is not supported"), "{out}");
 }
+
+#[test]
+fn bad_replicas_values_are_refused_at_their_position() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let base = good_conf(dir.path(), &Ports::new(), &certs);
+    for (value, message) in [
+        ("0", "rate limit `p`: replicas must be at least 1, not 0"),
+        ("-3", "rate limit `p`: replicas must be at least 1, not -3"),
+        (
+            "\"dns:\"",
+            "rate limit `p`: replicas = \"dns:\" needs a name, e.g. \"dns:gateway-headless.edge.svc.cluster.local\"",
+        ),
+        (
+            "\"srv:x\"",
+            "rate limit `p`: replicas = \"srv:x\": expected a number or \"dns:<name>\"",
+        ),
+        (
+            "\"dns:no-such-gateway.invalid\"",
+            "rate limit `p`: replicas: cannot resolve `no-such-gateway.invalid`: ",
+        ),
+    ] {
+        let text = format!(
+            "{base}\n[rate_limits.p]\nkey = \"client_ip\"\nquota = 10\nper = \"second\"\nreplicas = {value}\n"
+        );
+        let f = write(dir.path(), "g.toml", &text);
+        let (ok, out) = check(&f);
+        assert!(!ok, "{value}: {out}");
+        // `replicas = ` is 11 characters: the value starts at column 12.
+        let at = format!("{}:{}:12: {message}", f.display(), line_of(&text, "replicas ="));
+        assert!(out.contains(&at), "{value}: expected `{at}` in {out}");
+    }
+}

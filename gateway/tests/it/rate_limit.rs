@@ -21,15 +21,16 @@ fn conf(
     )
 }
 
-fn client_from(gw: &Gateway, ip: &str) -> reqwest::Client {
-    gw.client_builder()
-        .local_address(ip.parse::<IpAddr>().expect("ip"))
-        .build()
-        .expect("client")
+/// A gateway with [`conf`] over a recording backend. Fields drop in order: the gateway stops
+/// before its directory goes.
+struct Started {
+    gw: Gateway,
+    seen: Log,
+    text: String,
+    dir: tempfile::TempDir,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn burst_then_429_with_headers_then_recovery_and_per_source_buckets() {
+async fn start(extra: &str, route_extra: &str) -> Started {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::new(dir.path());
     let (backend, seen) = recording_backend().await;
@@ -39,11 +40,30 @@ async fn burst_then_429_with_headers_then_recovery_and_per_source_buckets() {
         &ports,
         &certs,
         &backend.to_string(),
-        "",
-        "rate_limits = [\"per_ip\"]",
+        extra,
+        route_extra,
     );
     let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
-    let a = client_from(&gw, "127.0.0.2");
+    Started {
+        gw,
+        seen,
+        text,
+        dir,
+    }
+}
+
+fn client_from(gw: &Gateway, ip: &str) -> reqwest::Client {
+    gw.client_builder()
+        .local_address(ip.parse::<IpAddr>().expect("ip"))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_then_429_with_headers_then_recovery_and_per_source_buckets() {
+    let t = start("", "rate_limits = [\"per_ip\"]").await;
+    let gw = &t.gw;
+    let a = client_from(gw, "127.0.0.2");
     for left in [1, 0] {
         let r = a.get(gw.url("/api/x")).send().await.expect("req");
         assert_eq!(r.status(), 200);
@@ -61,14 +81,14 @@ async fn burst_then_429_with_headers_then_recovery_and_per_source_buckets() {
     assert_eq!(v["error"], "rate_limited");
     assert_eq!(v["retry_after"], 1);
     assert_eq!(
-        seen.lock().expect("log").len(),
+        t.seen.lock().expect("log").len(),
         2,
         "the limited request never reached the backend"
     );
 
     // Another source address has its own bucket; a forged X-Forwarded-For from an untrusted
     // peer changes nothing.
-    let b = client_from(&gw, "127.0.0.3");
+    let b = client_from(gw, "127.0.0.3");
     assert_eq!(
         b.get(gw.url("/api/x")).send().await.expect("b").status(),
         200
@@ -93,7 +113,7 @@ async fn burst_then_429_with_headers_then_recovery_and_per_source_buckets() {
     );
     assert!(
         metric(
-            &gw,
+            gw,
             "gateway_rate_limit_decisions_total{policy=\"per_ip\",result=\"limited\"}"
         )
         .await
@@ -103,19 +123,12 @@ async fn burst_then_429_with_headers_then_recovery_and_per_source_buckets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxy_forwarded_for_picks_the_bucket() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let certs = TestCerts::new(dir.path());
-    let (backend, _) = recording_backend().await;
-    let ports = Ports::new();
-    let text = conf(
-        dir.path(),
-        &ports,
-        &certs,
-        &backend.to_string(),
+    let t = start(
         "[client_ip]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
         "rate_limits = [\"per_ip\"]",
-    );
-    let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
+    )
+    .await;
+    let gw = &t.gw;
     let c = gw.client();
     for _ in 0..2 {
         let r = c
@@ -147,20 +160,32 @@ async fn trusted_proxy_forwarded_for_picks_the_bucket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_with_an_unrelated_change_keeps_counters() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let certs = TestCerts::new(dir.path());
-    let (backend, _) = recording_backend().await;
-    let ports = Ports::new();
-    let text = conf(
-        dir.path(),
-        &ports,
-        &certs,
-        &backend.to_string(),
-        "",
-        "rate_limits = [\"per_ip\"]",
+async fn replicas_divide_the_quota_and_the_headers_say_this_replicas_share() {
+    let t = start(
+        "[rate_limits.split]\nkey = \"client_ip\"\nquota = 4\nper = \"minute\"\nreplicas = 2\n",
+        "rate_limits = [\"split\"]",
+    )
+    .await;
+    let gw = &t.gw;
+    let c = gw.client();
+    for _ in 0..2 {
+        let r = c.get(gw.url("/api/x")).send().await.expect("r");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["ratelimit-policy"], "\"split\";q=2;w=60");
+    }
+    let r = c.get(gw.url("/api/x")).send().await.expect("r");
+    assert_eq!(r.status(), 429, "4 a minute over 2 replicas is 2 here");
+    assert_eq!(r.headers()["ratelimit-policy"], "\"split\";q=2;w=60");
+    assert_eq!(
+        metric(gw, "gateway_rate_limit_replicas{policy=\"split\"}").await,
+        2.0
     );
-    let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_an_unrelated_change_keeps_counters() {
+    let t = start("", "rate_limits = [\"per_ip\"]").await;
+    let gw = &t.gw;
     let c = gw.client();
     for _ in 0..2 {
         assert_eq!(
@@ -169,10 +194,10 @@ async fn a_reload_with_an_unrelated_change_keeps_counters() {
         );
     }
     write_atomic(
-        &dir.path().join("gateway.toml"),
-        &text.replace("[tls]", "[tls]\nhsts_max_age = 77"),
+        &t.dir.path().join("gateway.toml"),
+        &t.text.replace("[tls]", "[tls]\nhsts_max_age = 77"),
     );
-    let (status, body) = admin_reload(&gw).await;
+    let (status, body) = admin_reload(gw).await;
     assert_eq!(status, 200, "{body}");
     let r = c.get(gw.url("/api/x")).send().await.expect("r");
     assert_eq!(

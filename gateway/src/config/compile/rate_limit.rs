@@ -1,10 +1,11 @@
 //! `[rate_limits]`: one policy per entry, the live one kept while unchanged so a reload keeps
-//! its counters.
+//! its counters (and its live replica count). A new or changed policy with `replicas =
+//! "dns:…"` resolves the name here: a name that does not resolve refuses the file.
 
 use super::super::file::GatewayConf;
 use super::super::reuse::reuse;
 use super::super::source::{Problem, Source};
-use crate::rate_limit::RatePolicy;
+use crate::rate_limit::{PolicyError, RatePolicy};
 use crate::runtime::Runtime;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +30,14 @@ pub fn policies(
                 Ok(p) => {
                     rate_policies.insert(name.clone(), Arc::new(p));
                 }
-                Err(e) => problems.push(src.problem(pc, format!("rate limit `{name}`: {e}"))),
+                Err(e) => {
+                    let message = format!("rate limit `{name}`: {e}");
+                    // A replica problem points at the `replicas` value, others at the policy.
+                    problems.push(match (&e, &pc.get_ref().replicas) {
+                        (PolicyError::Replicas(_), Some(at)) => src.problem(at, message),
+                        _ => src.problem(pc, message),
+                    });
+                }
             },
         }
     }
