@@ -220,3 +220,266 @@ fn unknown_auth_modes_and_algorithms_are_reported_together_with_positions() {
     );
     assert!(out.contains("algorithm `HS257` is not supported"), "{out}");
 }
+
+// --- `gateway check --requests`: the dry run -------------------------------------------------
+
+/// Runs `gateway check -c conf --requests FILE [extra…]`; returns (exit code, stdout, stderr).
+fn dry_run(conf: &Path, requests: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = Command::new(gateway_bin())
+        .args(["check", "-c"])
+        .arg(conf)
+        .arg("--requests")
+        .arg(requests)
+        .args(extra)
+        .output()
+        .expect("run gateway check --requests");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A requests file with `text` in a fresh directory (kept while the guard lives).
+fn requests_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = write(dir.path(), "requests.txt", text);
+    (dir, f)
+}
+
+/// The shipped config, with the dev certificates it names.
+fn shipped_conf() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    gateway::certs::ensure_dev(&root.join("certs/dev")).expect("dev certs");
+    root.join("conf/gateway.toml")
+}
+
+#[test]
+fn shipped_requests_pass_against_the_shipped_config() {
+    let conf = shipped_conf();
+    let requests = conf.with_file_name("requests.txt");
+    let (code, out, err) = dry_run(&conf, &requests, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("FAIL"), "{out}");
+    // Every route of the shipped config is exercised.
+    for route in ["api", "jwks", "web"] {
+        assert!(
+            out.contains(&format!("PASS      route={route}")),
+            "{route}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_expectation_exits_1_and_says_what_was_found() {
+    let (_dir, requests) =
+        requests_file("GET https://localhost/api/expenses expect status=200 route=api\n");
+    let (code, out, err) = dry_run(&shipped_conf(), &requests, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("FAIL      status=200 (got 401)"), "{out}");
+    assert!(out.contains("PASS      route=api"), "{out}");
+}
+
+#[test]
+fn a_malformed_requests_file_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cases = [
+        (
+            "# ok\nGET https://localhost/\nFETCH https://localhost/\n",
+            3,
+            "unknown method `FETCH`",
+        ),
+        (
+            "GET /relative\n",
+            1,
+            "`/relative` is not an absolute http:// or https:// URL",
+        ),
+        (
+            "\nGET https://localhost/ expect colour=red\n",
+            2,
+            "unknown expect key `colour` (status, route, pool, file, policy, rate_limits, auth)",
+        ),
+        (
+            "GET https://localhost/ x-a=\"open\n",
+            1,
+            "unterminated quote",
+        ),
+    ];
+    for (text, line, message) in cases {
+        let requests = write(dir.path(), "bad.txt", text);
+        let (code, out, err) = dry_run(&shipped_conf(), &requests, &[]);
+        assert_eq!(code, 2, "{text}: {out}{err}");
+        assert_eq!(err, format!("{}:{line}: {message}\n", requests.display()));
+        assert!(out.is_empty(), "nothing evaluated: {out}");
+    }
+}
+
+#[test]
+fn json_carries_every_field() {
+    let (_dir, requests) = requests_file(
+        "GET https://localhost/api/healthz?x=1 x-forwarded-for=1.2.3.4 client=10.0.0.9 expect pool=backend\n\
+         GET https://localhost/assets/app.4eaf1b3d.js\n",
+    );
+    let (code, out, err) = dry_run(&shipped_conf(), &requests, &["--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let proxied = &v[0];
+    assert_eq!(proxied["line"], 1);
+    assert_eq!(proxied["path"], "/api/healthz");
+    assert_eq!(proxied["status"], serde_json::Value::Null);
+    assert_eq!(proxied["route"], "api");
+    assert_eq!(proxied["client_ip"], "10.0.0.9");
+    assert_eq!(proxied["auth"]["state"], "public");
+    assert_eq!(proxied["rate_limits"][0]["policy"], "per_ip");
+    assert_eq!(proxied["rate_limits"][0]["key"], "ip:10.0.0.9");
+    assert_eq!(proxied["upstream"]["pools"][0]["name"], "backend");
+    assert_eq!(proxied["upstream"]["path"], "/api/healthz?x=1");
+    let headers = proxied["upstream"]["headers"].as_array().expect("headers");
+    // The client's X-Forwarded-For is replaced: the peer is not a trusted proxy.
+    assert!(
+        headers.contains(&serde_json::json!(["x-forwarded-for", "10.0.0.9"])),
+        "{headers:?}"
+    );
+    assert_eq!(proxied["checks"][0]["pass"], true);
+    let file = &v[1];
+    assert_eq!(file["status"], 200);
+    assert_eq!(file["static"]["file"], "/assets/app.4eaf1b3d.js");
+    assert_eq!(
+        file["static"]["cache_control"],
+        "public, max-age=31536000, immutable"
+    );
+}
+
+/// An Ed25519 key: its public PEM, its JWK, and a signer.
+struct EdKey {
+    public_pem: String,
+    jwk: serde_json::Value,
+    encoding: jsonwebtoken::EncodingKey,
+}
+
+impl EdKey {
+    fn new() -> Self {
+        use base64::Engine as _;
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519");
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(kp.public_key_raw());
+        Self {
+            public_pem: kp.public_key_pem(),
+            jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": x}),
+            encoding: jsonwebtoken::EncodingKey::from_ed_pem(kp.serialize_pem().as_bytes())
+                .expect("encoding key"),
+        }
+    }
+
+    /// A token for the test issuer expiring `exp_in` seconds from now.
+    fn sign(&self, exp_in: i64) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = serde_json::json!({"iss": "https://issuer.test", "aud": "expenses-api",
+            "sub": "user-42", "scope": "expenses:read", "iat": now.min(now + exp_in),
+            "exp": now + exp_in});
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        jsonwebtoken::encode(&header, &claims, &self.encoding).expect("sign")
+    }
+}
+
+/// A config with a `key_file` provider on `/api` and a `jwks_url` provider on `/remote`.
+fn jwt_conf(dir: &Path, key: &EdKey) -> std::path::PathBuf {
+    let certs = TestCerts::new(dir);
+    std::fs::write(dir.join("ed.pub.pem"), &key.public_pem).expect("pem");
+    let provider = |name: &str, source: &str| {
+        format!(
+            "\n[jwt_providers.{name}]\nissuer = \"https://issuer.test\"\naudiences = [\"expenses-api\"]\n{source}\n"
+        )
+    };
+    let route = |name: &str, provider: &str| {
+        format!(
+            "\n[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nkind = \"proxy\"\nupstream = \"backend\"\nstrip_prefix = true\n\
+             auth = \"jwt\"\nauth_provider = \"{provider}\"\nauth_scopes = [{{ scopes = [\"expenses:read\"] }}]\n"
+        )
+    };
+    let text = format!(
+        "{}{}{}{}{}{}{}",
+        Ports::new().sections(dir),
+        tls_section(&certs),
+        pool("backend", &["127.0.0.1:9".to_string()], ""),
+        provider("local", "key_file = \"ed.pub.pem\""),
+        // Never fetched by the dry run: nothing listens there.
+        provider("remote", "jwks_url = \"http://127.0.0.1:9/jwks.json\""),
+        route("api", "local"),
+        route("remote", "remote"),
+    );
+    write(dir, "jwt.toml", &text)
+}
+
+#[test]
+fn tokens_are_verified_offline_against_key_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = EdKey::new();
+    let conf = jwt_conf(dir.path(), &key);
+    let good = key.sign(300);
+    let forged = EdKey::new().sign(300);
+    let expired = key.sign(-3600);
+    let requests = write(
+        dir.path(),
+        "r.txt",
+        &format!(
+            "GET https://localhost/api/expenses authorization=\"Bearer {good}\" expect status=proxy auth=verified pool=backend\n\
+             GET https://localhost/api/expenses authorization=\"Bearer {forged}\" expect status=401 auth=bad_signature\n\
+             GET https://localhost/api/expenses authorization=\"Bearer {expired}\" expect status=401 auth=expired\n"
+        ),
+    );
+    let (code, out, err) = dry_run(&conf, &requests, &["--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v[0]["auth"]["subject"], "user-42");
+    // The prefix is stripped, and the identity headers are sent upstream.
+    assert_eq!(v[0]["upstream"]["path"], "/expenses");
+    let headers = v[0]["upstream"]["headers"].as_array().expect("headers");
+    assert!(
+        headers.contains(&serde_json::json!(["x-auth-subject", "user-42"])),
+        "{headers:?}"
+    );
+    assert!(
+        v[1]["response_headers"]
+            .as_array()
+            .expect("answer headers")
+            .iter()
+            .any(|h| h[0] == "www-authenticate"
+                && h[1].as_str().is_some_and(|s| s.contains("bad_signature"))),
+        "{}",
+        v[1]
+    );
+}
+
+#[test]
+fn jwks_url_providers_are_verified_from_a_jwks_file_or_reported_unverifiable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = EdKey::new();
+    let conf = jwt_conf(dir.path(), &key);
+    let token = key.sign(300);
+    let line = format!("GET https://localhost/remote/x authorization=\"Bearer {token}\"");
+    let jwks = write(
+        dir.path(),
+        "jwks.json",
+        &serde_json::json!({"keys": [key.jwk]}).to_string(),
+    );
+    let with = write(
+        dir.path(),
+        "with.txt",
+        &format!("{line} expect auth=verified status=proxy\n"),
+    );
+    let (code, out, err) = dry_run(&conf, &with, &["--jwks", jwks.to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("auth      verified provider=remote sub=user-42"),
+        "{out}"
+    );
+
+    let without = write(
+        dir.path(),
+        "without.txt",
+        &format!("{line} expect auth=unverifiable\n"),
+    );
+    let (code, out, err) = dry_run(&conf, &without, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("unverifiable offline"), "{out}");
+}
