@@ -1,6 +1,7 @@
 //! `gateway check` and `gateway run` refusing bad configs with file:line:column.
 
 use crate::harness::*;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -381,9 +382,16 @@ impl EdKey {
     }
 }
 
-/// A config with a `key_file` provider on `/api` and a `jwks_url` provider on `/remote`.
-fn jwt_conf(dir: &Path, key: &EdKey) -> std::path::PathBuf {
-    let certs = TestCerts::new(dir);
+/// A config with a `key_file` provider on `/api` and a `jwks_url` provider on `/remote`
+/// (both: prefix stripped, `GET /…/public/*` public, scope `expenses:read`, CORS for
+/// `https://app.example`, rate limit `per_ip`), the pool `backend` at `backend`, then `extra`.
+fn jwt_conf_text(
+    dir: &Path,
+    key: &EdKey,
+    (certs, ports): (&TestCerts, &Ports),
+    backend: &str,
+    extra: &str,
+) -> String {
     std::fs::write(dir.join("ed.pub.pem"), &key.public_pem).expect("pem");
     let provider = |name: &str, source: &str| {
         format!(
@@ -393,20 +401,28 @@ fn jwt_conf(dir: &Path, key: &EdKey) -> std::path::PathBuf {
     let route = |name: &str, provider: &str| {
         format!(
             "\n[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nkind = \"proxy\"\nupstream = \"backend\"\nstrip_prefix = true\n\
-             auth = \"jwt\"\nauth_provider = \"{provider}\"\nauth_scopes = [{{ scopes = [\"expenses:read\"] }}]\n"
+             auth = \"jwt\"\nauth_provider = \"{provider}\"\nauth_public = [\"GET /{name}/public/*\"]\n\
+             auth_scopes = [{{ scopes = [\"expenses:read\"] }}]\nrate_limits = [\"per_ip\"]\n\
+             cors = {{ allow_origins = [\"https://app.example\"] }}\n"
         )
     };
-    let text = format!(
-        "{}{}{}{}{}{}{}",
-        Ports::new().sections(dir),
-        tls_section(&certs),
-        pool("backend", &["127.0.0.1:9".to_string()], ""),
+    format!(
+        "{}{}{}{}{}\n[rate_limits.per_ip]\nkey = \"client_ip\"\nquota = 1000\nper = \"second\"\n{}{}{extra}",
+        ports.sections(dir),
+        tls_section(certs),
+        pool("backend", &[backend.to_string()], ""),
         provider("local", "key_file = \"ed.pub.pem\""),
         // Never fetched by the dry run: nothing listens there.
         provider("remote", "jwks_url = \"http://127.0.0.1:9/jwks.json\""),
         route("api", "local"),
         route("remote", "remote"),
-    );
+    )
+}
+
+/// [`jwt_conf_text`] written to a file, with a pool nobody listens on.
+fn jwt_conf(dir: &Path, key: &EdKey) -> std::path::PathBuf {
+    let listen = (&TestCerts::new(dir), &Ports::new());
+    let text = jwt_conf_text(dir, key, listen, "127.0.0.1:9", "");
     write(dir, "jwt.toml", &text)
 }
 
@@ -482,4 +498,150 @@ fn jwks_url_providers_are_verified_from_a_jwks_file_or_reported_unverifiable() {
     let (code, out, err) = dry_run(&conf, &without, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("unverifiable offline"), "{out}");
+}
+
+/// The drift guard: the same requests sent to a running gateway and given to the dry run get
+/// the same status, and a proxied one reaches the backend exactly as the dry run shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_agrees_with_the_running_gateway() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Static routes look files up by the whole path: /app/… lives in web/app/.
+    let web = dir.path().join("web");
+    std::fs::create_dir_all(web.join("app/assets")).expect("web");
+    std::fs::write(
+        web.join("app/index.html"),
+        "<!doctype html><title>t</title>",
+    )
+    .expect("index");
+    std::fs::write(web.join("app/assets/app.0123abcd.js"), "let a = 1;").expect("asset");
+    let key = EdKey::new();
+    let (backend, seen) = recording_backend().await;
+    let ports = Ports::new();
+    let extra = format!(
+        "\n[[routes]]\nname = \"down\"\nprefix = \"/down\"\nkind = \"proxy\"\nupstream = \"backend\"\nmaintenance = true\n\
+         \n[[routes]]\nname = \"app\"\nprefix = \"/app\"\nkind = \"static\"\nroot = \"{}\"\nfallback = \"app/index.html\"\n",
+        web.display()
+    );
+    let certs = TestCerts::new(dir.path());
+    let text = jwt_conf_text(
+        dir.path(),
+        &key,
+        (&certs, &ports),
+        &backend.to_string(),
+        &extra,
+    );
+    let gw = start_gateway(dir.path(), &ports, &text, &certs.ca_pem);
+    let good = key.sign(300);
+    let forged = EdKey::new().sign(300);
+    let bearer = |t: &str| format!("authorization=\"Bearer {t}\"");
+    // (method, target, header tokens, expected status; "proxy" for proxied).
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        ("GET", "/api/x?q=1", String::new(), "401"),
+        ("GET", "/api/x?q=1", bearer(&good), "proxy"),
+        ("GET", "/api/x", bearer(&forged), "401"),
+        ("GET", "/api/x", bearer(&key.sign(-3600)), "401"),
+        (
+            "GET",
+            "/api/public/info",
+            "x-forwarded-for=6.6.6.6".into(),
+            "proxy",
+        ),
+        (
+            "GET",
+            "/api/x",
+            "x-auth-subject=admin".to_string() + " " + &bearer(&good),
+            "proxy",
+        ),
+        (
+            "OPTIONS",
+            "/api/x",
+            "origin=https://app.example access-control-request-method=POST".into(),
+            "204",
+        ),
+        (
+            "OPTIONS",
+            "/api/x",
+            "origin=https://evil.example access-control-request-method=POST".into(),
+            "403",
+        ),
+        ("GET", "/down/x", String::new(), "503"),
+        ("GET", "/app/", "accept=text/html".into(), "200"),
+        ("GET", "/app/assets/app.0123abcd.js", String::new(), "200"),
+        ("GET", "/app/deep/link", "accept=text/html".into(), "200"),
+        ("GET", "/app/missing.png", String::new(), "404"),
+        ("POST", "/app/index.html", String::new(), "405"),
+        ("GET", "/elsewhere", String::new(), "404"),
+        ("GET", "/app/%2e%2e/api/x", String::new(), "401"),
+        ("GET", "/api/a%2fb", String::new(), "400"),
+        ("GET", "/app/../../x", String::new(), "400"),
+        ("TRACE", "/app/", String::new(), "405"),
+    ];
+    let mut lines = String::new();
+    let mut real = Vec::new();
+    for (i, (method, target, tokens, want)) in cases.iter().enumerate() {
+        let id = format!("parity-{i}");
+        let _ = writeln!(
+            lines,
+            "{method} https://localhost{target} x-request-id={id} {tokens} expect status={want}"
+        );
+        let mut head =
+            format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {id}\r\n");
+        for (n, v) in header_tokens(tokens) {
+            let _ = write!(head, "{n}: {v}\r\n");
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let before = seen.lock().expect("log").len();
+        let resp = raw_https(
+            gw.https,
+            &gw.ca_pem,
+            head.as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        let status = raw_status(&resp);
+        let reached = seen.lock().expect("log").get(before).cloned();
+        let proxied = reached.is_some();
+        let got = if proxied {
+            "proxy".to_string()
+        } else {
+            status.to_string()
+        };
+        assert_eq!(
+            &got, want,
+            "{method} {target}: the gateway answered {status}"
+        );
+        real.push(reached);
+    }
+    let requests = write(dir.path(), "parity.txt", &lines);
+    let conf = dir.path().join("gateway.toml");
+    let (code, out, err) = dry_run(&conf, &requests, &["--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    for (i, reached) in real.iter().enumerate() {
+        let Some(reached) = reached else { continue };
+        let up = &v[i]["upstream"];
+        assert_eq!(up["path"], reached.uri.as_str(), "case {i}");
+        for h in up["headers"].as_array().expect("headers") {
+            let (n, val) = (h[0].as_str().expect("name"), h[1].as_str().expect("value"));
+            if n == "x-auth-signature" {
+                continue; // carries the time it was made
+            }
+            assert_eq!(reached.header(n), Some(val), "case {i}: {n}");
+        }
+    }
+}
+
+/// The `name=value` tokens of a requests-file line (values quoted when they hold spaces).
+fn header_tokens(tokens: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = tokens.trim();
+    while let Some((name, after)) = rest.split_once('=') {
+        let (value, next) = match after.strip_prefix('"') {
+            Some(q) => q.split_once('"').expect("closing quote"),
+            None => after.split_once(' ').unwrap_or((after, "")),
+        };
+        out.push((name.trim().to_string(), value.to_string()));
+        rest = next.trim();
+    }
+    out
 }
