@@ -4,7 +4,7 @@
 //! or a `--jwks` file for a provider that fetches its keys) — no network, no cache.
 
 use super::parse::{Expect, ExpectKey, RequestLine, Scheme};
-use crate::auth::{extract_token, AuthRejection, KeySet};
+use crate::auth::{extract_token, KeySet};
 use crate::proxy::answer::Verdict;
 use crate::proxy::ctx::Ctx;
 use crate::proxy::rate_limit::Stage;
@@ -239,7 +239,7 @@ fn offline_auth(
         (Ok(_), None) => {
             outcome.state = "unverifiable".into();
             outcome.detail = Some(format!(
-                "unverifiable offline: provider {} fetches its keys (jwks_url/discovery); give --jwks FILE",
+                "{} fetches its keys (jwks_url/discovery): unverifiable offline without --jwks FILE",
                 p.name
             ));
             out.auth = Some(outcome);
@@ -250,7 +250,6 @@ fn offline_auth(
             .map(Arc::new),
     };
     let (state, detail) = match &verdict {
-        Err(AuthRejection::Missing) => ("missing_token".to_string(), None),
         Err(r) => (r.as_str().to_string(), None),
         Ok(id) => {
             outcome.subject = id.sub.clone();

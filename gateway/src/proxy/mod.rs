@@ -63,7 +63,8 @@ macro_rules! step {
     };
 }
 
-/// The `request_filter` steps in order, cheapest rejection first.
+/// The `request_filter` steps in order, cheapest rejection first. `dryrun::eval` takes the
+/// same steps for `check --requests`; the config_check drift test keeps the two in step.
 async fn request_pipeline(session: &mut Session, ctx: &mut Ctx) -> Verdict {
     hygiene::identify(session, ctx);
     step!(hygiene::check(session, ctx));
