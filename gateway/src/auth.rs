@@ -114,6 +114,16 @@ pub struct KeySet {
     pub generation: u64,
 }
 
+impl KeySet {
+    /// Keys read from a JWKS document (unusable keys skipped, as a fetch does).
+    pub fn from_jwks(text: &[u8]) -> Result<Self, KeyError> {
+        Ok(Self {
+            keys: parse_jwks(text, false)?,
+            generation: 1,
+        })
+    }
+}
+
 /// Why key material was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -619,7 +629,8 @@ pub enum ProviderError {
     NoKeyForAlg(String),
 }
 
-fn now_secs() -> u64 {
+/// Unix seconds now (0 before the epoch).
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -824,26 +835,54 @@ impl JwtProvider {
 
     /// Verifies `token` and returns the identity it grants.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthRejection> {
-        if token.len() > self.conf.max_token_bytes {
-            return Err(AuthRejection::TooLarge);
-        }
         let now = now_secs();
         let generation = self.keys.load().generation;
         if let Some(id) = self.cache.get(token, now, generation) {
             return Ok(id);
+        }
+        let mut keys = self.keys.load_full();
+        let mut verdict = self.verify_with(&keys, token, now);
+        if verdict
+            .as_ref()
+            .is_err_and(|r| *r == AuthRejection::UnknownKey)
+            && parse_header(token).is_ok_and(|h| h.kid.is_some())
+        {
+            self.refetch_for_unknown_kid().await;
+            keys = self.keys.load_full();
+            verdict = self.verify_with(&keys, token, now);
+        }
+        let id = Arc::new(verdict?);
+        self.cache.put(token, id.clone(), now, keys.generation);
+        Ok(id)
+    }
+
+    /// The keys held now (file keys, or the last JWKS fetched).
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// Whether keys come from the network (`jwks_url` or discovery) rather than files.
+    pub fn fetches_keys(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Verifies `token` against `keys` at Unix time `now`: no cache, no fetch. The whole
+    /// verdict of [`verify`](Self::verify) but for the refetch on an unknown `kid`.
+    pub fn verify_with(
+        &self,
+        keys: &KeySet,
+        token: &str,
+        now: u64,
+    ) -> Result<Identity, AuthRejection> {
+        if token.len() > self.conf.max_token_bytes {
+            return Err(AuthRejection::TooLarge);
         }
         let header = parse_header(token)?;
         let alg = parse_alg(&header.alg).ok_or(AuthRejection::AlgNotAllowed)?;
         if !self.algorithms.contains(&alg) {
             return Err(AuthRejection::AlgNotAllowed);
         }
-        let mut keys = self.keys.load_full();
-        let mut candidates = select_keys(&keys, header.kid.as_deref(), alg);
-        if candidates.is_empty() && header.kid.is_some() {
-            self.refetch_for_unknown_kid().await;
-            keys = self.keys.load_full();
-            candidates = select_keys(&keys, header.kid.as_deref(), alg);
-        }
+        let candidates = select_keys(keys, header.kid.as_deref(), alg);
         if candidates.is_empty() {
             return Err(AuthRejection::UnknownKey);
         }
@@ -859,11 +898,7 @@ impl JwtProvider {
         let mut last = AuthRejection::BadSignature;
         for key in candidates {
             match jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, &v) {
-                Ok(data) => {
-                    let id = Arc::new(self.identity(&data.claims, now)?);
-                    self.cache.put(token, id.clone(), now, keys.generation);
-                    return Ok(id);
-                }
+                Ok(data) => return self.identity(&data.claims, now),
                 Err(e) => {
                     last = map_error(e.kind());
                     if last != AuthRejection::BadSignature {

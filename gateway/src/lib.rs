@@ -12,6 +12,7 @@ pub mod compress;
 pub mod config;
 pub mod conn;
 pub mod cors;
+pub mod dryrun;
 pub mod headers;
 pub mod http;
 pub mod identity;

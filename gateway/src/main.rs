@@ -30,11 +30,22 @@ enum Command {
         #[arg(short, long)]
         daemon: bool,
     },
-    /// Validate a config file exactly as `run` would; print every problem.
+    /// Validate a config file exactly as `run` would; print every problem. With
+    /// `--requests`, also show what the gateway would do with each request of a file
+    /// (offline: nothing is sent or counted); `expect` lines make it exit 1 when they fail.
     Check {
         /// Config file.
         #[arg(short, long, default_value = "conf/gateway.toml")]
         config: PathBuf,
+        /// Requests file: `METHOD URL [name=value…] [client=IP] [expect key=value…]` a line.
+        #[arg(long)]
+        requests: Option<PathBuf>,
+        /// Print the dry run as JSON.
+        #[arg(long, requires = "requests")]
+        json: bool,
+        /// JWKS file for providers that fetch their keys (jwks_url, discovery).
+        #[arg(long, requires = "requests")]
+        jwks: Option<PathBuf>,
     },
     /// Certificate tooling.
     Certs {
@@ -56,7 +67,22 @@ enum CertsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match gateway::config::load(&config, None) {
+        Command::Check {
+            config,
+            requests: Some(requests),
+            json,
+            jwks,
+        } => {
+            let opts = gateway::dryrun::Options {
+                config: &config,
+                requests: &requests,
+                jwks: jwks.as_deref(),
+                json,
+            };
+            let code = gateway::dryrun::run(&opts, &mut std::io::stdout(), &mut std::io::stderr());
+            ExitCode::from(code)
+        }
+        Command::Check { config, .. } => match gateway::config::load(&config, None) {
             Ok(rt) => {
                 println!(
                     "{}: ok ({} routes, {} pools, {} certificates)",

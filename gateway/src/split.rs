@@ -289,12 +289,22 @@ impl Split {
 
     /// Which pool serves a request with these headers.
     pub fn choose(&self, headers: &http::HeaderMap) -> Choice {
+        self.decided(headers).unwrap_or_else(|| Choice {
+            index: self.by_weight(self.counter.fetch_add(1, Ordering::Relaxed)),
+            by: By::Weight,
+            set_cookie: self.sticky.is_some(),
+        })
+    }
+
+    /// The pool these headers decide by themselves — one pool, a pin, a valid sticky cookie —
+    /// or `None` when the weights decide. Counts nothing: `check --requests` shows it as is.
+    pub fn decided(&self, headers: &http::HeaderMap) -> Option<Choice> {
         if self.members.len() == 1 {
-            return Choice {
+            return Some(Choice {
                 index: 0,
                 by: By::Single,
                 set_cookie: false,
-            };
+            });
         }
         for pin in &self.pins {
             let got = match &pin.on {
@@ -307,11 +317,11 @@ impl Split {
                 (None, _) => false,
             };
             if hit {
-                return Choice {
+                return Some(Choice {
                     index: pin.index,
                     by: By::Pin,
                     set_cookie: false,
-                };
+                });
             }
         }
         if let Some(sticky) = &self.sticky {
@@ -323,18 +333,14 @@ impl Split {
                         .position(|m| m.weight > 0 && m.pool.name == name)
                 });
             if let Some(index) = kept {
-                return Choice {
+                return Some(Choice {
                     index,
                     by: By::Sticky,
                     set_cookie: false,
-                };
+                });
             }
         }
-        Choice {
-            index: self.by_weight(self.counter.fetch_add(1, Ordering::Relaxed)),
-            by: By::Weight,
-            set_cookie: self.sticky.is_some(),
-        }
+        None
     }
 
     /// The `n`th pick of the weighted sequence: `n × (golden ratio)` mod 1 spreads any window

@@ -423,12 +423,20 @@ impl AssetBundle {
         self.assets.is_empty()
     }
 
+    /// The file a decoded path names: `/dir/` is `/dir/index.html`.
+    pub fn file_name(decoded: &str) -> std::borrow::Cow<'_, str> {
+        if decoded.ends_with('/') {
+            format!("{decoded}index.html").into()
+        } else {
+            decoded.into()
+        }
+    }
+
     /// The asset for a decoded path, if any (`/dir/` → `/dir/index.html`); then the previous
     /// deploy's fingerprinted assets while their grace period lasts.
     pub fn get(&self, decoded: &str) -> Option<&Arc<Asset>> {
         if decoded.ends_with('/') {
-            let key = format!("{decoded}index.html");
-            return self.assets.get(key.as_str());
+            return self.assets.get(Self::file_name(decoded).as_ref());
         }
         self.assets.get(decoded).or_else(|| {
             self.previous

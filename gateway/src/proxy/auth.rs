@@ -4,27 +4,53 @@
 
 use super::answer::{self, Verdict};
 use super::ctx::Ctx;
-use crate::auth::{extract_token, AuthRejection};
+use crate::auth::{extract_token, AuthRejection, Identity, RoutePolicy};
+use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
+use std::sync::Arc;
 
 /// Verifies the request's token against the route's policy; sets `ctx.identity`.
-pub async fn check(session: &Session, ctx: &mut Ctx) -> Verdict {
+pub async fn check(req: &RequestHeader, ctx: &mut Ctx) -> Verdict {
     let rt = ctx.rt.clone();
-    let Some(policy) = ctx.routing.index.and_then(|i| rt.routes[i].auth.as_ref()) else {
+    let Some(policy) = required(req, ctx, &rt) else {
         return Verdict::Continue;
     };
-    let req = session.req_header();
-    if policy.is_public(&req.method, &ctx.routing.path) {
-        return Verdict::Continue;
-    }
     let provider = &policy.provider;
-    let realm = provider.conf.realm.as_str();
     let verdict = match extract_token(req, provider.conf.cookie.as_deref()) {
         Ok(t) => provider.verify(t).await,
         Err(r) => Err(r),
     };
+    if let Err(r) = &verdict {
+        // Counted by reason: a spike of tokenless calls is a broken client or a probe.
+        let reason = match r {
+            AuthRejection::Missing => "missing",
+            r => r.as_str(),
+        };
+        crate::metrics::AUTH_REJECTIONS
+            .with_label_values(&[provider.name.as_str(), reason])
+            .inc();
+    }
+    settle(req, ctx, policy, verdict)
+}
+
+/// The policy the request must satisfy: `None` when the route has no auth or the request
+/// is public.
+pub fn required<'a>(req: &RequestHeader, ctx: &Ctx, rt: &'a Runtime) -> Option<&'a RoutePolicy> {
+    let policy = ctx.routing.index.and_then(|i| rt.routes[i].auth.as_ref())?;
+    (!policy.is_public(&req.method, &ctx.routing.path)).then_some(policy)
+}
+
+/// The answer to a verification verdict: the identity set (or 403 for a missing scope), or
+/// the 401 with its challenge. Plain inputs, so the dry run answers as the proxy does.
+pub fn settle(
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+    policy: &RoutePolicy,
+    verdict: Result<Arc<Identity>, AuthRejection>,
+) -> Verdict {
+    let realm = policy.provider.conf.realm.as_str();
     let (status, challenge, body) = match verdict {
         Ok(id) => match policy.missing_scope(&req.method, &id) {
             None => {
@@ -43,26 +69,17 @@ pub async fn check(session: &Session, ctx: &mut Ctx) -> Verdict {
                 }),
             ),
         },
-        Err(AuthRejection::Missing) => {
-            // Counted like the others: a spike of tokenless calls is a broken client or a probe.
-            crate::metrics::AUTH_REJECTIONS
-                .with_label_values(&[provider.name.as_str(), "missing"])
-                .inc();
-            (
-                401,
-                format!("Bearer realm=\"{realm}\""),
-                serde_json::json!({
-                    "error": "unauthorized",
-                    "error_description": "missing bearer token",
-                    "request_id": ctx.request_id,
-                }),
-            )
-        }
+        Err(AuthRejection::Missing) => (
+            401,
+            format!("Bearer realm=\"{realm}\""),
+            serde_json::json!({
+                "error": "unauthorized",
+                "error_description": "missing bearer token",
+                "request_id": ctx.request_id,
+            }),
+        ),
         Err(r) => {
             let reason = r.as_str();
-            crate::metrics::AUTH_REJECTIONS
-                .with_label_values(&[provider.name.as_str(), reason])
-                .inc();
             (
                 401,
                 format!(

@@ -6,15 +6,14 @@ use super::answer::{self, Verdict};
 use super::ctx::Ctx;
 use crate::cors::Preflight;
 use crate::http::edge_response::EdgeResponse;
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 /// Answers a preflight on a route with CORS.
-pub fn preflight(session: &Session, ctx: &Ctx) -> Verdict {
+pub fn preflight(req: &RequestHeader, ctx: &Ctx) -> Verdict {
     let Some(cors) = ctx.route().and_then(|r| r.cors.as_ref()) else {
         return Verdict::Continue;
     };
-    let req = session.req_header();
     match crate::cors::preflight(cors, req) {
         Preflight::NotPreflight => Verdict::Continue,
         Preflight::Allowed(headers) => {

@@ -50,6 +50,22 @@ impl Rejection {
         }
     }
 
+    /// What was wrong, in a few words (the dry run's report).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::HeadersTooLarge => "header block or a header over the limits",
+            Rejection::UriTooLong => "request target over max_uri_bytes",
+            Rejection::BodyTooLarge => "declared body over max_body_bytes",
+            Rejection::BadContentLength => "unparseable or conflicting Content-Length",
+            Rejection::BadTransferEncoding => "Transfer-Encoding other than one chunked",
+            Rejection::BadHost => "missing, repeated or invalid Host",
+            Rejection::BadTarget => "byte or escape not allowed in the request target",
+            Rejection::BadHeaderName => "header name with _",
+            Rejection::MethodNotAllowed => "method not allowed",
+            Rejection::UnknownExpect => "Expect other than 100-continue",
+        }
+    }
+
     /// Whether the connection must be closed after the answer.
     pub fn closes(self) -> bool {
         !matches!(self, Rejection::MethodNotAllowed | Rejection::UnknownExpect)
@@ -201,13 +217,18 @@ pub fn has_body(req: &RequestHeader) -> bool {
 
 /// First step of every request: the request id and who the client is.
 pub fn identify(session: &Session, ctx: &mut Ctx) {
-    let req = session.req_header();
-    ctx.request_id =
-        crate::request_id::from_client(req.headers.get("x-request-id").map(|v| v.as_bytes()));
-    ctx.client.peer_ip = session
+    let peer_ip = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    identify_peer(session.req_header(), peer_ip, ctx);
+}
+
+/// [`identify`] on plain inputs: the head and the TCP peer's address (the dry run's entry).
+pub fn identify_peer(req: &RequestHeader, peer_ip: Option<std::net::IpAddr>, ctx: &mut Ctx) {
+    ctx.request_id =
+        crate::request_id::from_client(req.headers.get("x-request-id").map(|v| v.as_bytes()));
+    ctx.client.peer_ip = peer_ip;
     (ctx.client.ip, ctx.client.via_trusted_proxy) =
         crate::http::client_ip::client_ip(ctx.client.peer_ip, req, &ctx.rt.trusted_proxies);
 }
@@ -227,13 +248,20 @@ pub fn check(session: &Session, ctx: &mut Ctx) -> Verdict {
             .downcast_ref::<crate::conn::stream::EdgeStream>()
             .is_some_and(|s| s.request_line_refused())
     });
-    let verdict = if both_te_and_cl {
-        Err(Rejection::BadTransferEncoding)
+    let raw = if both_te_and_cl {
+        Some(Rejection::BadTransferEncoding)
     } else if escaped_line {
-        Err(Rejection::BadTarget)
+        Some(Rejection::BadTarget)
     } else {
-        check_head(req, &ctx.rt.limits)
+        None
     };
+    judge(req, ctx, raw)
+}
+
+/// The verdict on a parsed head, given what the raw bytes already refused (`raw`): the
+/// rejection's answer, or continue. Plain inputs, so the dry run judges heads the same way.
+pub fn judge(req: &RequestHeader, ctx: &mut Ctx, raw: Option<Rejection>) -> Verdict {
+    let verdict = raw.map_or_else(|| check_head(req, &ctx.rt.limits), Err);
     let Err(rejection) = verdict else {
         return Verdict::Continue;
     };

@@ -63,19 +63,21 @@ macro_rules! step {
     };
 }
 
-/// The `request_filter` steps in order, cheapest rejection first.
+/// The `request_filter` steps in order, cheapest rejection first. `dryrun::eval` takes the
+/// same steps for `check --requests`; the config_check drift test keeps the two in step.
 async fn request_pipeline(session: &mut Session, ctx: &mut Ctx) -> Verdict {
     hygiene::identify(session, ctx);
     step!(hygiene::check(session, ctx));
-    step!(routing::route(session, ctx));
-    step!(routing::maintenance(session, ctx));
+    step!(routing::route(session.req_header_mut(), ctx));
+    let req = session.req_header();
+    step!(routing::maintenance(req, ctx));
     // Cheapest first: IP/header quotas before any token work, subject quotas right after.
-    step!(rate_limit::check(session, ctx, Stage::BeforeAuth).await);
+    step!(rate_limit::check(req, ctx, Stage::BeforeAuth).await);
     // CORS preflights are answered before auth: they never carry a token.
-    step!(cors::preflight(session, ctx));
-    step!(auth::check(session, ctx).await);
-    step!(rate_limit::check(session, ctx, Stage::Subject).await);
-    static_files::serve(session.req_header(), ctx)
+    step!(cors::preflight(req, ctx));
+    step!(auth::check(req, ctx).await);
+    step!(rate_limit::check(req, ctx, Stage::Subject).await);
+    static_files::serve(req, ctx)
 }
 
 /// Writes an answer of the gateway: the one place that decides whether the connection
@@ -251,7 +253,12 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream::request(session, upstream_request, ctx)
+        upstream::request(
+            session.req_header(),
+            session.is_upgrade_req(),
+            upstream_request,
+            ctx,
+        )
     }
 
     fn fail_to_connect(

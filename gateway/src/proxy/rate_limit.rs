@@ -4,8 +4,10 @@
 
 use super::answer::{self, Verdict};
 use super::ctx::Ctx;
-use crate::rate_limit::Decision;
-use pingora_proxy::Session;
+use crate::rate_limit::{Decision, LimitKey, RatePolicy, RouteRule};
+use crate::route::Route;
+use http::Method;
+use pingora_http::RequestHeader;
 
 /// Which of a route's rules a step applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,28 +18,34 @@ pub enum Stage {
     Subject,
 }
 
+/// The rules of `route` that `stage` applies to `method path`, in order.
+pub fn rules<'a>(
+    route: &'a Route,
+    method: &'a Method,
+    path: &'a str,
+    stage: Stage,
+) -> impl Iterator<Item = &'a RouteRule> + 'a {
+    let subject_stage = stage == Stage::Subject;
+    route.rate_rules.iter().filter(move |rule| {
+        rule.policy.needs_subject() == subject_stage && rule.applies(method, path)
+    })
+}
+
+/// The key `policy` counts this request under (the verified subject, once auth ran).
+pub fn key(policy: &RatePolicy, req: &RequestHeader, ctx: &Ctx) -> LimitKey {
+    let subject = ctx.identity.as_ref().and_then(|i| i.sub.as_deref());
+    policy.key(ctx.client.ip, ctx.rt.ipv6_prefix, subject, req)
+}
+
 /// Applies the route's rules of `stage`; the first policy over its quota answers 429.
-pub async fn check(session: &Session, ctx: &mut Ctx, stage: Stage) -> Verdict {
+pub async fn check(req: &RequestHeader, ctx: &mut Ctx, stage: Stage) -> Verdict {
     let rt = ctx.rt.clone();
     let Some(route) = ctx.routing.index.map(|i| &rt.routes[i]) else {
         return Verdict::Continue;
     };
-    let subject_stage = stage == Stage::Subject;
-    if route.rate_rules.is_empty()
-        || (subject_stage && !route.rate_rules.iter().any(|r| r.policy.needs_subject()))
-    {
-        return Verdict::Continue;
-    }
-    let req = session.req_header();
-    let subject = ctx.identity.as_ref().and_then(|i| i.sub.clone());
-    for rule in &route.rate_rules {
-        if rule.policy.needs_subject() != subject_stage
-            || !rule.applies(&req.method, &ctx.routing.path)
-        {
-            continue;
-        }
+    for rule in rules(route, &req.method, &ctx.routing.path, stage) {
         let p = &rule.policy;
-        let key = p.key(ctx.client.ip, rt.ipv6_prefix, subject.as_deref(), req);
+        let key = key(p, req, ctx);
         let decisions = &crate::metrics::RATE_DECISIONS;
         match p.check_shared(&key).await {
             Decision::Allowed { remaining } => {

@@ -5,11 +5,10 @@
 use super::answer::{self, Verdict};
 use super::ctx::Ctx;
 use crate::http::host;
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 
 /// Normalises the path and matches the route.
-pub fn route(session: &mut Session, ctx: &mut Ctx) -> Verdict {
-    let req = session.req_header();
+pub fn route(req: &mut RequestHeader, ctx: &mut Ctx) -> Verdict {
     ctx.routing.path = match crate::path::normalize(req.uri.path(), ctx.rt.limits.merge_slashes) {
         Ok(p) => p.into_owned(),
         Err(e) => {
@@ -24,7 +23,6 @@ pub fn route(session: &mut Session, ctx: &mut Ctx) -> Verdict {
     };
     ctx.routing.index = Some(index);
     // Identity headers come only from the gateway: drop client copies on every request.
-    let req = session.req_header_mut();
     for h in &ctx.rt.strip_headers {
         req.remove_header(h);
     }
@@ -32,7 +30,7 @@ pub fn route(session: &mut Session, ctx: &mut Ctx) -> Verdict {
 }
 
 /// Maintenance: the whole site or this route, unless the client is on the allow list.
-pub fn maintenance(session: &Session, ctx: &Ctx) -> Verdict {
+pub fn maintenance(req: &RequestHeader, ctx: &Ctx) -> Verdict {
     let rt = &ctx.rt;
     let on = rt.maintenance.enabled || ctx.route().is_some_and(|r| r.maintenance);
     let allowed = ctx
@@ -40,7 +38,7 @@ pub fn maintenance(session: &Session, ctx: &Ctx) -> Verdict {
         .ip
         .is_some_and(|ip| rt.maintenance.allow.iter().any(|n| n.contains(&ip)));
     if on && !allowed {
-        return Verdict::Respond(answer::maintenance(session.req_header(), ctx));
+        return Verdict::Respond(answer::maintenance(req, ctx));
     }
     Verdict::Continue
 }

@@ -8,9 +8,11 @@ use super::ctx::Ctx;
 use crate::http::conneg::{self, Encoding, RangeSpec};
 use crate::http::edge_response::{Body, EdgeResponse};
 use crate::route::RouteKind;
-use crate::static_files::{AssetBundle, Stored};
+use crate::static_files::{Asset, AssetBundle, Stored};
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 fn str_header(req: &RequestHeader, name: HeaderName) -> Option<&str> {
@@ -26,15 +28,29 @@ pub fn serve(req: &RequestHeader, ctx: &mut Ctx) -> Verdict {
     }
 }
 
-fn answer_from(req: &RequestHeader, ctx: &mut Ctx, bundle: &AssetBundle) -> EdgeResponse {
-    let head = req.method == http::Method::HEAD;
-    if req.method != http::Method::GET && !head {
-        let mut r = answer::error(req, ctx, 405);
-        r.put(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+/// What a static route finds for a request, before encoding and conditionals.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// Neither GET nor HEAD → 405.
+    MethodNotAllowed,
+    /// The path does not decode → 400.
+    BadPath,
+    /// No file, and no SPA fallback for it → 404.
+    NotFound,
+    /// The file at this decoded path (see [`AssetBundle::file_name`]).
+    File(Cow<'a, str>, Arc<Asset>),
+    /// The SPA shell, for a navigation naming no file.
+    Fallback(Arc<Asset>),
+}
+
+/// Finds the asset `req` asks of `bundle` at the normalised `path` (plain inputs: the dry run
+/// looks up files the same way).
+pub fn lookup<'a>(req: &RequestHeader, path: &'a str, bundle: &AssetBundle) -> Lookup<'a> {
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return Lookup::MethodNotAllowed;
     }
-    let Some(decoded) = crate::path::decode_fully(&ctx.routing.path) else {
-        return answer::error(req, ctx, 400);
+    let Some(decoded) = crate::path::decode_fully(path) else {
+        return Lookup::BadPath;
     };
     // Dot segments were resolved by normalisation; hidden names are not in the bundle, but
     // refuse them outright so the answer does not depend on the bundle's contents.
@@ -43,22 +59,34 @@ fn answer_from(req: &RequestHeader, ctx: &mut Ctx, bundle: &AssetBundle) -> Edge
         .enumerate()
         .any(|(i, s)| s.starts_with('.') && !(i == 1 && s == ".well-known"));
     let found = if hidden { None } else { bundle.get(&decoded) };
-    let asset = match found {
-        Some(a) => a.clone(),
-        None => {
-            let last = decoded.rsplit('/').next().unwrap_or("");
-            let navigation = !last.contains('.')
-                && !hidden
-                && conneg::accepts_html(str_header(req, header::ACCEPT))
-                && !bundle
-                    .fallback_exclude
-                    .iter()
-                    .any(|p| crate::path::prefix_matches(p, &decoded));
-            match (&bundle.fallback, navigation) {
-                (Some(f), true) => f.clone(),
-                _ => return answer::error(req, ctx, 404),
-            }
+    if let Some(a) = found {
+        return Lookup::File(decoded, a.clone());
+    }
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    let navigation = !last.contains('.')
+        && !hidden
+        && conneg::accepts_html(str_header(req, header::ACCEPT))
+        && !bundle
+            .fallback_exclude
+            .iter()
+            .any(|p| crate::path::prefix_matches(p, &decoded));
+    match (&bundle.fallback, navigation) {
+        (Some(f), true) => Lookup::Fallback(f.clone()),
+        _ => Lookup::NotFound,
+    }
+}
+
+fn answer_from(req: &RequestHeader, ctx: &mut Ctx, bundle: &AssetBundle) -> EdgeResponse {
+    let head = req.method == http::Method::HEAD;
+    let asset = match lookup(req, &ctx.routing.path, bundle) {
+        Lookup::File(_, a) | Lookup::Fallback(a) => a,
+        Lookup::MethodNotAllowed => {
+            let mut r = answer::error(req, ctx, 405);
+            r.put(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
         }
+        Lookup::BadPath => return answer::error(req, ctx, 400),
+        Lookup::NotFound => return answer::error(req, ctx, 404),
     };
 
     let Some(enc) = conneg::negotiate(

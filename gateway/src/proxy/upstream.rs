@@ -8,7 +8,6 @@ use crate::split::{By, Choice};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 use std::time::Instant;
 
 /// Chooses the peer of this attempt; on the first, the pool of the route's split
@@ -101,8 +100,14 @@ pub fn connect_failed(ctx: &Ctx, mut e: Box<Error>) -> Box<Error> {
     e
 }
 
-/// Rewrites the head sent upstream.
-pub fn request(session: &Session, upstream_request: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+/// Rewrites the head sent upstream, from the downstream head and whether it asks for a
+/// protocol upgrade (plain inputs: the dry run shows the same head).
+pub fn request(
+    downstream: &RequestHeader,
+    upgrade: bool,
+    upstream_request: &mut RequestHeader,
+    ctx: &Ctx,
+) -> Result<()> {
     let route = ctx.route();
     let strip = route.filter(|r| {
         matches!(
@@ -124,7 +129,7 @@ pub fn request(session: &Session, upstream_request: &mut RequestHeader, ctx: &Ct
     } else {
         None
     };
-    let host = crate::http::host::request_host(session.req_header());
+    let host = crate::http::host::request_host(downstream);
     let client_ip = crate::text::ip_string(ctx.client.ip);
     // Only a trusted peer is named in `X-Forwarded-For`.
     let peer_ip = if ctx.client.via_trusted_proxy {
@@ -141,7 +146,7 @@ pub fn request(session: &Session, upstream_request: &mut RequestHeader, ctx: &Ct
         append_forwarded_for: ctx.client.via_trusted_proxy,
         host,
         request_id: &ctx.request_id,
-        upgrade: session.is_upgrade_req(),
+        upgrade,
     };
     rewrite_request_head(upstream_request, new_path.as_deref(), |h| {
         if let Some(id) = &ctx.identity {

@@ -21,3 +21,24 @@ pub enum Decision {
     /// Over the limit; retry after this many whole seconds (≥ 1).
     Limited { retry_after: u64 },
 }
+
+impl std::fmt::Display for LimitKey {
+    /// `ip:203.0.113.9`, `sub:user-42`, `h:value`, parts of a combined key joined with ` + `.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitKey::Ip(ip) => write!(f, "ip:{ip}"),
+            LimitKey::Text(t) => {
+                for (i, part) in t.split('\u{1f}').enumerate() {
+                    let sep = if i > 0 { " + " } else { "" };
+                    // A bare address inside a combined key is the client IP.
+                    match part.parse::<IpAddr>() {
+                        Ok(ip) => write!(f, "{sep}ip:{ip}")?,
+                        Err(_) => write!(f, "{sep}{part}")?,
+                    }
+                }
+                Ok(())
+            }
+            LimitKey::Overflow => f.write_str("overflow"),
+        }
+    }
+}

@@ -443,3 +443,58 @@ fn bad_splits_are_refused_at_their_position() {
         assert!(line.contains("route `api`: "), "{line}");
     }
 }
+
+#[test]
+fn the_dry_run_shows_the_pool_a_pin_or_the_weights_decide() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let a: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let split = format!(
+        "{}\npin = [{{ header = \"x-canary\", value = \"1\", pool = \"green\" }}]",
+        weights(90, 10)
+    );
+    let file = dir.path().join("gateway.toml");
+    std::fs::write(&file, conf(dir.path(), &Ports::new(), &certs, a, a, &split)).expect("conf");
+    let requests = dir.path().join("requests.txt");
+    std::fs::write(
+        &requests,
+        "GET https://localhost/api/x x-canary=1 expect pool=green\n\
+         GET https://localhost/api/x expect pool=blue,green\n",
+    )
+    .expect("requests");
+    let run = |extra: &[&str]| {
+        Command::new(gateway_bin())
+            .args(["check", "-c"])
+            .arg(&file)
+            .arg("--requests")
+            .arg(&requests)
+            .args(extra)
+            .output()
+            .expect("gateway check --requests")
+    };
+    let out = run(&["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pools = |i: usize| v[i]["upstream"]["pools"].clone();
+    assert_eq!(
+        pools(0),
+        serde_json::json!([{ "name": "green", "by": "pin" }])
+    );
+    assert_eq!(
+        pools(1),
+        serde_json::json!([
+            { "name": "blue", "weight": 90, "by": "weight" },
+            { "name": "green", "weight": 10, "by": "weight" }
+        ])
+    );
+    let table = String::from_utf8_lossy(&run(&[]).stdout).into_owned();
+    assert!(
+        table.contains("pool blue (weight 90), green (weight 10) by weight"),
+        "{table}"
+    );
+    assert!(table.contains("pool green by pin"), "{table}");
+}
