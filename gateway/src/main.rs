@@ -1,4 +1,5 @@
-//! `gateway` command line: `run`, `check`, `certs dev`. Thin by design; see the library.
+//! `gateway` command line: `run`, `check [--diff OLD]`, `certs dev`. Thin by design; see the
+//! library.
 
 use clap::{Parser, Subcommand};
 
@@ -6,7 +7,7 @@ use clap::{Parser, Subcommand};
 // heaps remove that contention on the request path.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -35,6 +36,10 @@ enum Command {
         /// Config file.
         #[arg(short, long, default_value = "conf/gateway.toml")]
         config: PathBuf,
+        /// Also print what changes from this (running) config, one line per change, as a
+        /// reload would report it.
+        #[arg(long, value_name = "OLD")]
+        diff: Option<PathBuf>,
     },
     /// Certificate tooling.
     Certs {
@@ -53,25 +58,40 @@ enum CertsCommand {
     },
 }
 
+/// `gateway check`: exit 2 when either file is invalid (every problem of both printed).
+fn check(config: &Path, old: Option<&Path>) -> ExitCode {
+    let new = gateway::config::load(config, None);
+    let old = old.map(|p| gateway::config::load(p, None));
+    let mut invalid = false;
+    for e in [Some(&new), old.as_ref()].into_iter().flatten() {
+        if let Err(e) = e {
+            eprintln!("{e}");
+            invalid = true;
+        }
+    }
+    let (Ok(rt), false) = (new, invalid) else {
+        return ExitCode::from(2);
+    };
+    println!(
+        "{}: ok ({} routes, {} pools, {} certificates)",
+        config.display(),
+        rt.routes.len(),
+        rt.pools.len(),
+        rt.certs.certs.len()
+    );
+    if let Some(Ok(old)) = old {
+        println!(
+            "{}",
+            gateway::config::diff::ConfigDiff::between(&old.summary, &rt.summary)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match gateway::config::load(&config, None) {
-            Ok(rt) => {
-                println!(
-                    "{}: ok ({} routes, {} pools, {} certificates)",
-                    config.display(),
-                    rt.routes.len(),
-                    rt.pools.len(),
-                    rt.certs.certs.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Check { config, diff } => check(&config, diff.as_deref()),
         Command::Run {
             config,
             upgrade,

@@ -204,29 +204,24 @@ impl ConfigDiff {
         self.changes.iter().map(Change::section).collect()
     }
 
+    /// One line per change, or just `no changes`.
+    pub fn lines(&self) -> Vec<String> {
+        if self.is_empty() {
+            return vec!["no changes".into()];
+        }
+        self.changes.iter().map(ToString::to_string).collect()
+    }
+
     /// All changes on one line (`; ` between them), for the reload log.
     pub fn one_line(&self) -> String {
-        if self.is_empty() {
-            return "no changes".into();
-        }
-        let lines: Vec<String> = self.changes.iter().map(ToString::to_string).collect();
-        lines.join("; ")
+        self.lines().join("; ")
     }
 }
 
 /// One line per change, or `no changes`.
 impl fmt::Display for ConfigDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_empty() {
-            return f.write_str("no changes");
-        }
-        for (i, c) in self.changes.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{c}")?;
-        }
-        Ok(())
+        f.write_str(&self.lines().join("\n"))
     }
 }
 
