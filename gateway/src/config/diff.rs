@@ -159,10 +159,17 @@ impl ConfigDiff {
         let old_routes = by_name(o.get(ROUTES));
         let new_routes = by_name(n.get(ROUTES));
         named(ROUTES, &old_routes, &new_routes, &mut out);
-        let (order_old, order_new) = (names(o.get(ROUTES)), names(n.get(ROUTES)));
-        let same_set =
-            order_old.iter().collect::<BTreeSet<_>>() == order_new.iter().collect::<BTreeSet<_>>();
-        if same_set && order_old != order_new {
+        // Routes match in order: the routes of both generations in another order is a change
+        // of its own (added and removed ones aside).
+        let kept = |file: &Table, other: &BTreeMap<String, &Table>| -> Vec<String> {
+            let order = names(file.get(ROUTES));
+            order
+                .into_iter()
+                .filter(|r| other.contains_key(r))
+                .collect()
+        };
+        let (order_old, order_new) = (kept(o, &new_routes), kept(n, &old_routes));
+        if order_old != order_new {
             out.push(Change::Reordered {
                 section: ROUTES.into(),
                 order: order_new,
@@ -638,6 +645,17 @@ root = "web"
         );
         assert_eq!(d.to_string(), "routes: order changed to b, a");
         assert_eq!(d.sections(), BTreeSet::from(["routes"]));
+        // Among the routes kept, whatever was added or removed around them.
+        let d = ConfigDiff::between(
+            &summary("[[routes]]\nname = \"a\"\n[[routes]]\nname = \"b\"\n"),
+            &summary(
+                "[[routes]]\nname = \"b\"\n[[routes]]\nname = \"c\"\n[[routes]]\nname = \"a\"\n",
+            ),
+        );
+        assert_eq!(
+            d.to_string(),
+            "route c: added\nroutes: order changed to b, a"
+        );
     }
 
     #[test]
@@ -744,6 +762,20 @@ root = "web"
              /assets/app.aaaa1111.js, /index.html); previous fingerprinted assets servable for 600 s"
         );
         assert_eq!(d.sections(), BTreeSet::from(["static_bundles"]));
+        let json = serde_json::to_value(&d).expect("json");
+        assert_eq!(
+            json["changes"][0],
+            serde_json::json!({
+                "change": "bundle",
+                "section": "static_bundles",
+                "name": "web",
+                "added": 1,
+                "removed": 1,
+                "changed": 1,
+                "examples": ["/assets/app.bbbb2222.js", "/assets/app.aaaa1111.js", "/index.html"],
+                "grace_seconds": 600,
+            })
+        );
 
         // More changes than examples: the line says there are more.
         let many: Vec<(String, String)> = (0..5).map(|i| (format!("/f{i}"), "x".into())).collect();
