@@ -4,8 +4,10 @@
 //! provider has had keys once (503 with a JSON reason otherwise, and while draining); pools
 //! without a healthy peer are listed (`pools_down`) but do not make it unready;
 //! `GET /metrics` — Prometheus text; `GET /config` — generation, content hash, loaded-at, last
-//! reload error; `POST /reload` — reload now. `/config` and `/reload` require the bearer token
-//! from `[admin] token_file` when one is configured.
+//! reload error, and what the last reload changed (`changes`, see [`crate::config::diff`]);
+//! `POST /reload` — reload now, even when the inputs look unchanged, answering with the new
+//! generation and its change lines. `/config` and `/reload` require the bearer token from
+//! `[admin] token_file` when one is configured.
 
 use crate::http::edge_response::EdgeResponse;
 use crate::lifecycle::Lifecycle;
@@ -115,12 +117,16 @@ impl ServeHttp for Admin {
             let r = self.reloader.clone();
             let result = tokio::task::spawn_blocking(move || r.reload("admin", true)).await;
             return match result {
-                Ok(Ok(Outcome::Applied(g))) => respond(
+                Ok(Ok(Outcome::Applied(g, diff))) => respond(
                     StatusCode::OK,
                     "application/json",
-                    serde_json::json!({"status": "reloaded", "generation": g})
-                        .to_string()
-                        .into_bytes(),
+                    serde_json::json!({
+                        "status": "reloaded",
+                        "generation": g,
+                        "changes": diff.lines(),
+                    })
+                    .to_string()
+                    .into_bytes(),
                 ),
                 Ok(Ok(Outcome::Unchanged)) => respond(
                     StatusCode::OK,

@@ -1,4 +1,5 @@
-//! `gateway` command line: `run`, `check`, `certs dev`. Thin by design; see the library.
+//! `gateway` command line: `run`, `check [--diff OLD]`, `certs dev`. Thin by design; see the
+//! library.
 
 use clap::{Parser, Subcommand};
 
@@ -6,7 +7,7 @@ use clap::{Parser, Subcommand};
 // heaps remove that contention on the request path.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -46,6 +47,10 @@ enum Command {
         /// JWKS file for providers that fetch their keys (jwks_url, discovery).
         #[arg(long, requires = "requests")]
         jwks: Option<PathBuf>,
+        /// Also print what changes from this (running) config, one line per change, as a
+        /// reload would report it.
+        #[arg(long, value_name = "OLD", conflicts_with = "requests")]
+        diff: Option<PathBuf>,
     },
     /// Certificate tooling.
     Certs {
@@ -64,6 +69,36 @@ enum CertsCommand {
     },
 }
 
+/// `gateway check`: exit 2 when either file is invalid (every problem of both printed).
+fn check(config: &Path, old: Option<&Path>) -> ExitCode {
+    let new = gateway::config::load(config, None);
+    let old = old.map(|p| gateway::config::load(p, None));
+    let mut invalid = false;
+    for e in [Some(&new), old.as_ref()].into_iter().flatten() {
+        if let Err(e) = e {
+            eprintln!("{e}");
+            invalid = true;
+        }
+    }
+    let (Ok(rt), false) = (new, invalid) else {
+        return ExitCode::from(2);
+    };
+    println!(
+        "{}: ok ({} routes, {} pools, {} certificates)",
+        config.display(),
+        rt.routes.len(),
+        rt.pools.len(),
+        rt.certs.certs.len()
+    );
+    if let Some(Ok(old)) = old {
+        println!(
+            "{}",
+            gateway::config::diff::ConfigDiff::between(&old.summary, &rt.summary)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -72,6 +107,7 @@ fn main() -> ExitCode {
             requests: Some(requests),
             json,
             jwks,
+            ..
         } => {
             let opts = gateway::dryrun::Options {
                 config: &config,
@@ -82,22 +118,7 @@ fn main() -> ExitCode {
             let code = gateway::dryrun::run(&opts, &mut std::io::stdout(), &mut std::io::stderr());
             ExitCode::from(code)
         }
-        Command::Check { config, .. } => match gateway::config::load(&config, None) {
-            Ok(rt) => {
-                println!(
-                    "{}: ok ({} routes, {} pools, {} certificates)",
-                    config.display(),
-                    rt.routes.len(),
-                    rt.pools.len(),
-                    rt.certs.certs.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Check { config, diff, .. } => check(&config, diff.as_deref()),
         Command::Run {
             config,
             upgrade,

@@ -352,6 +352,33 @@ pub static LAST_RELOAD_SUCCESS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Sections changed by successful reloads, once per section and reload. The named sections
+/// exist at 0 from the start, for the same reason as [`RELOADS`]; other settings sections
+/// (`limits`, `tls`, …) appear with their first change.
+pub static CONFIG_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let v = register(
+        IntCounterVec::new(
+            Opts::new(
+                "gateway_config_changes_total",
+                "Config sections changed by successful reloads",
+            ),
+            &["section"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+    );
+    for section in crate::config::diff::NAMED_SECTIONS {
+        v.with_label_values(&[section]);
+    }
+    v
+});
+
+/// Counts the sections a reload changed.
+pub fn config_changed<'a>(sections: impl IntoIterator<Item = &'a str>) {
+    for s in sections {
+        CONFIG_CHANGES.with_label_values(&[s]).inc();
+    }
+}
+
 /// Records a reload attempt.
 pub fn reloaded(ok: bool, generation: u64) {
     RELOADS
@@ -518,6 +545,7 @@ pub fn render() -> Vec<u8> {
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&AUTH_REJECTIONS);
     LazyLock::force(&RELOADS);
+    LazyLock::force(&CONFIG_CHANGES);
     LazyLock::force(&RATE_DECISIONS);
     LazyLock::force(&RATE_TRACKED_KEYS);
     LazyLock::force(&RATE_OVERFLOW);

@@ -7,12 +7,18 @@
 //! `/config` and counted in metrics. Settings that cannot change live (listeners, threads,
 //! process) keep their running values and are reported as "restart required".
 //!
+//! A successful reload logs one `config reloaded` line with what changed against the
+//! generation before ([`ConfigDiff`]: `changed_sections`, `changes`), keeps it for `/config`
+//! and counts each changed section in `gateway_config_changes_total`. A forced reload of the
+//! same config, or one that only touched comments, says `no changes`.
+//!
 //! The watcher watches *directories* (the config's, each certificate's, each static root) so
 //! editors' write-then-rename, `cp` over a file and Kubernetes' `..data` symlink swap are all
 //! seen; events are debounced (~200 ms) and a reload only happens when the content
 //! fingerprint of the inputs changed.
 
 use crate::config;
+use crate::config::diff::ConfigDiff;
 use crate::runtime::Runtime;
 use crate::state::SharedRuntime;
 use async_trait::async_trait;
@@ -43,13 +49,29 @@ pub struct ReloadStatus {
     /// Times the inputs were fingerprinted, by any trigger: with nothing changing on disk
     /// this only moves with the 5 s safety-net poll, SIGHUP and `POST /reload`.
     pub checks: u64,
+    /// What the last successful reload changed; none before the first.
+    pub changes: Option<ReloadChanges>,
+}
+
+/// The diff a reload applied, as `/config` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadChanges {
+    /// The generation replaced.
+    pub from_generation: u64,
+    /// The generation it became.
+    pub generation: u64,
+    /// One line per change, or just `no changes`.
+    pub lines: Vec<String>,
+    /// The same, structured.
+    #[serde(flatten)]
+    pub diff: ConfigDiff,
 }
 
 /// The result of one reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// A new generation is serving.
-    Applied(u64),
+    /// A new generation is serving; what changed from the one before.
+    Applied(u64, ConfigDiff),
     /// Inputs unchanged; nothing done.
     Unchanged,
 }
@@ -125,6 +147,7 @@ impl Reloader {
             restart_required: Vec::new(),
             attempts: 0,
             checks: 0,
+            changes: None,
         };
         crate::metrics::LAST_RELOAD_SUCCESS.set(1);
         Self {
@@ -160,6 +183,7 @@ impl Reloader {
         match config::load(&self.path, Some(&current)) {
             Ok(mut next) => {
                 let restart = restart_required(&current, &next);
+                let diff = ConfigDiff::between(&current.summary, &next.summary);
                 // What cannot change live keeps its running value, so the runtime describes
                 // the process as it really is.
                 next.listeners = current.listeners.clone();
@@ -176,14 +200,29 @@ impl Reloader {
                 for r in &restart {
                     tracing::warn!(setting = %r, "changed setting requires a restart; keeping the running value");
                 }
-                tracing::info!(trigger, generation, content_hash = %hash, "config reloaded");
+                crate::metrics::config_changed(diff.sections());
+                let sections: Vec<&str> = diff.sections().into_iter().collect();
+                tracing::info!(
+                    trigger,
+                    generation,
+                    content_hash = %hash,
+                    changed_sections = %sections.join(","),
+                    changes = %diff.one_line(),
+                    "config reloaded"
+                );
                 status.generation = generation;
                 status.content_hash = hash;
                 status.loaded_at = rfc3339_now();
                 status.last_error = None;
                 status.last_reload_success = true;
                 status.restart_required = restart;
-                Ok(Outcome::Applied(generation))
+                status.changes = Some(ReloadChanges {
+                    from_generation: current.generation,
+                    generation,
+                    lines: diff.lines(),
+                    diff: diff.clone(),
+                });
+                Ok(Outcome::Applied(generation, diff))
             }
             Err(e) => {
                 let msg = e.to_string();

@@ -157,6 +157,8 @@ pub struct Runtime {
     pub access_log: bool,
     /// Bearer token for admin `/config` and `/reload`.
     pub admin_token: Option<String>,
+    /// What the next reload diffs against.
+    pub summary: crate::config::diff::Summary,
 }
 
 impl Runtime {

@@ -62,6 +62,9 @@ pub struct StaticOptions {
     pub max_memory_file_bytes: u64,
 }
 
+/// Default of a static route's `previous_assets_grace_seconds`.
+pub const DEFAULT_PREVIOUS_ASSETS_GRACE_SECONDS: u64 = 600;
+
 /// The default fingerprint pattern: a hash segment of 8+ hex digits before the extension.
 pub const DEFAULT_FINGERPRINT: &str = r"[.-][0-9a-fA-F]{8,}\.[A-Za-z0-9]+$";
 
@@ -416,6 +419,11 @@ impl AssetBundle {
     /// Number of files.
     pub fn len(&self) -> usize {
         self.assets.len()
+    }
+
+    /// Every file's URL path with its ETag (a digest of its contents), in no order.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &HeaderValue)> {
+        self.assets.iter().map(|(k, a)| (&**k, &a.identity.etag))
     }
 
     /// Whether the bundle has no file.

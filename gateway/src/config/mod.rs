@@ -5,6 +5,7 @@
 //! first problem: every problem is collected with its `file:line:column` and reported together.
 
 mod compile;
+pub mod diff;
 pub mod file;
 mod reuse;
 pub mod source;
@@ -12,7 +13,11 @@ pub mod source;
 pub use source::{ConfigError, Problem};
 
 use crate::path::resolve;
+use crate::route::{Route, RouteKind};
 use crate::runtime::{Limits, Process, Runtime};
+use crate::static_files::DEFAULT_PREVIOUS_ASSETS_GRACE_SECONDS;
+use crate::tls::CertSet;
+use diff::Summary;
 use file::GatewayConf;
 use source::Source;
 use std::path::{Path, PathBuf};
@@ -55,8 +60,10 @@ pub fn compile(
             }]));
         }
     };
+    // The same text as a generic tree, for diffs between generations; it parsed above.
+    let tree: toml::Table = toml::from_str(text).unwrap_or_default();
     let mut problems = Vec::new();
-    let rt = build(&conf, &src, base, previous, &mut problems);
+    let rt = build(&conf, tree, &src, base, previous, &mut problems);
     match rt {
         Some(rt) if problems.is_empty() => Ok(rt),
         _ => Err(ConfigError::Invalid(problems)),
@@ -65,6 +72,7 @@ pub fn compile(
 
 fn build(
     conf: &GatewayConf,
+    tree: toml::Table,
     src: &Source,
     base: &Path,
     previous: Option<&Runtime>,
@@ -142,6 +150,7 @@ fn build(
     if !problems.is_empty() {
         return None;
     }
+    let summary = summary(conf, tree, &certs, &routes, base, &watch_files);
     Some(Runtime {
         generation: previous.map_or(1, |p| p.generation + 1),
         routes,
@@ -191,7 +200,89 @@ fn build(
             upstream_keepalive_pool_size: conf.process.upstream_keepalive_pool_size,
             work_stealing: conf.process.work_stealing,
         },
+        summary,
     })
+}
+
+/// What a diff against a later generation needs: the file as a tree, certificate leaves,
+/// bundle file lists, and digests of the other referenced files (the config file itself and
+/// certificate files excluded: the tree and the leaves already say what they hold).
+fn summary(
+    conf: &GatewayConf,
+    file: toml::Table,
+    certs: &CertSet,
+    routes: &[Route],
+    base: &Path,
+    watch_files: &[PathBuf],
+) -> Summary {
+    use sha2::Digest;
+    let certificates = certs
+        .certs
+        .iter()
+        .map(|c| {
+            let expires = time::OffsetDateTime::from_unix_timestamp(c.not_after)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            let facts = diff::CertFacts {
+                serial: c.serial.clone(),
+                expires,
+            };
+            (c.name.clone(), facts)
+        })
+        .collect();
+    let bundles = routes
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RouteKind::Static { bundle } => Some((r.name.as_str(), bundle)),
+            RouteKind::Proxy { .. } => None,
+        })
+        .map(|(name, bundle)| {
+            let grace_seconds = conf
+                .routes
+                .iter()
+                .find(|rc| rc.get_ref().name == name)
+                .and_then(|rc| rc.get_ref().previous_assets_grace_seconds)
+                .unwrap_or(DEFAULT_PREVIOUS_ASSETS_GRACE_SECONDS);
+            let files = bundle
+                .files()
+                .map(|(path, etag)| {
+                    let tag = String::from_utf8_lossy(etag.as_bytes()).into_owned();
+                    (path.to_string(), tag)
+                })
+                .collect();
+            let facts = diff::BundleFacts {
+                files,
+                grace_seconds,
+            };
+            (name.to_string(), facts)
+        })
+        .collect();
+    let cert_files: Vec<PathBuf> = conf
+        .tls
+        .certificates
+        .iter()
+        .flat_map(|c| [&c.get_ref().cert, &c.get_ref().key])
+        .map(|f| resolve(base, f.get_ref()))
+        .collect();
+    let inputs = watch_files
+        .iter()
+        .skip(1) // the config file
+        .filter(|f| !cert_files.contains(f))
+        .filter_map(|f| {
+            let digest = sha2::Sha256::digest(std::fs::read(f).ok()?);
+            Some((f.display().to_string(), hex::encode(&digest[..16])))
+        })
+        .collect();
+    Summary {
+        file,
+        certificates,
+        bundles,
+        inputs,
+    }
 }
 
 /// The config file's own path (as given), for the watcher.

@@ -678,3 +678,88 @@ fn header_tokens(tokens: &str) -> Vec<(String, String)> {
     }
     out
 }
+
+/// Runs `gateway check -c new --diff old`; returns (exit code, stdout, stderr).
+fn check_diff(new: &Path, old: &Path) -> (i32, String, String) {
+    let out = Command::new(gateway_bin())
+        .args(["check", "-c"])
+        .arg(new)
+        .arg("--diff")
+        .arg(old)
+        .output()
+        .expect("run gateway check --diff");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_diff_prints_one_line_per_change() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let base = good_conf(dir.path(), &Ports::new(), &certs);
+    let old = write(dir.path(), "old.toml", &base);
+    let text = base
+        .replace(
+            "peers = [\"127.0.0.1:9\"]",
+            "peers = [\"127.0.0.1:9\", \"127.0.0.1:10\"]\nretries = 2",
+        )
+        .replace("upstream = \"backend\"\n", "upstream = \"backend\"\nstrip_prefix = true\n")
+        + "\n[[routes]]\nname = \"docs\"\nprefix = \"/docs\"\nkind = \"proxy\"\nupstream = \"backend\"\n\
+           \n[limits]\nmax_body_bytes = 1024\n";
+    let new = write(dir.path(), "new.toml", &text);
+    let (code, out, err) = check_diff(&new, &old);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("{}: ok (2 routes, 1 pools, 1 certificates)", new.display()).as_str(),
+            "route api: changed keys strip_prefix",
+            "route docs: added",
+            "upstream backend: changed keys retries",
+            "upstream backend: peer added 127.0.0.1:10",
+            "limits: changed keys max_body_bytes",
+        ]
+    );
+
+    // The same config laid out otherwise, with comments: no changes.
+    let relaid = write(
+        dir.path(),
+        "relaid.toml",
+        &format!("# reformatted\n{}\n\n", base.replace(" = ", "=")),
+    );
+    let (code, out, err) = check_diff(&relaid, &old);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().nth(1), Some("no changes"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[test]
+fn check_diff_against_a_missing_or_invalid_file_fails_with_its_location() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let certs = TestCerts::new(dir.path());
+    let base = good_conf(dir.path(), &Ports::new(), &certs);
+    let good = write(dir.path(), "good.toml", &base);
+
+    let missing = dir.path().join("missing.toml");
+    let (code, out, err) = check_diff(&good, &missing);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains(&format!("{}: cannot read config", missing.display())),
+        "{err}"
+    );
+    assert!(out.is_empty(), "no diff printed: {out}");
+
+    let text = base.replace("[upstreams.backend]\n", "[upstreams.backend]\nretrys = 3\n");
+    let bad = write(dir.path(), "bad.toml", &text);
+    let at = format!("{}:{}:1", bad.display(), line_of(&text, "retrys"));
+    // Invalid on either side: exit 2 with the problem located.
+    for (new, old) in [(&good, &bad), (&bad, &good)] {
+        let (code, out, err) = check_diff(new, old);
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(err.contains(&at) && err.contains("retrys"), "{err}");
+        assert!(out.is_empty(), "no diff printed: {out}");
+    }
+}

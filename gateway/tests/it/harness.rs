@@ -519,15 +519,21 @@ pub async fn admin_config(gw: &Gateway) -> serde_json::Value {
         .expect("json")
 }
 
-/// The value of a metric line (exact name with labels) in `/metrics`, 0 when absent.
-pub async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = reqwest::get(gw.admin_url("/metrics"))
+/// `GET /metrics` from the admin listener.
+pub async fn metrics_text(gw: &Gateway) -> String {
+    reqwest::get(gw.admin_url("/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("text");
-    text.lines()
+        .expect("text")
+}
+
+/// The value of a metric line (exact name with labels) in `/metrics`, 0 when absent.
+pub async fn metric(gw: &Gateway, series: &str) -> f64 {
+    metrics_text(gw)
+        .await
+        .lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))

@@ -40,13 +40,7 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
 }
 
 async fn scrape(gw: &Gateway) -> HashMap<String, f64> {
-    let text = reqwest::get(gw.admin_url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    parse_metrics(&text)
+    parse_metrics(&metrics_text(gw).await)
 }
 
 fn get(m: &HashMap<String, f64>, series: &str) -> f64 {

@@ -201,18 +201,37 @@ fn http_over(conn: &mut rustls::ClientConnection, sock: &mut std::net::TcpStream
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn certificate_rotation_is_live_and_keeps_open_connections() {
+/// A gateway over [`conf_text`] (route `api` → pool `backend` → one recording backend).
+struct Api {
+    // Dropped first: the process stops before its directory goes.
+    gw: Gateway,
+    certs: TestCerts,
+    backend: std::net::SocketAddr,
+    /// The config as started.
+    text: String,
+    dir: tempfile::TempDir,
+}
+
+async fn api_gateway(env: &[(&str, &str)]) -> Api {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::new(dir.path());
-    let (a, _) = recording_backend().await;
+    let (backend, _) = recording_backend().await;
     let ports = Ports::new();
-    let gw = start_gateway(
-        dir.path(),
-        &ports,
-        &conf_text(dir.path(), &ports, &certs, &a.to_string(), 10),
-        &certs.ca_pem,
-    );
+    let text = conf_text(dir.path(), &ports, &certs, &backend.to_string(), 10);
+    let gw = start_gateway_with_env(dir.path(), &ports, &text, &certs.ca_pem, env);
+    Api {
+        gw,
+        certs,
+        backend,
+        text,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_is_live_and_keeps_open_connections() {
+    let api = api_gateway(&[]).await;
+    let (gw, certs) = (&api.gw, &api.certs);
     let (port, ca) = (gw.https, gw.ca_pem.clone());
     let (serial1, mut conn, mut sock) = tokio::task::spawn_blocking(move || leaf_serial(port, &ca))
         .await
@@ -557,4 +576,167 @@ async fn graceful_binary_upgrade_under_load_loses_no_request() {
     }
     // The new process serves alone.
     assert_eq!(new.get_status("/api/after").await, 200);
+}
+
+/// `/config` once generation `generation` is in force (within 3 s, through the watcher).
+async fn config_at(gw: &Gateway, generation: u64) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let cfg = admin_config(gw).await;
+        if cfg["generation"].as_u64() == Some(generation) {
+            return cfg;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "generation {generation} not applied: {cfg}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The change lines `/config` shows for the last reload.
+fn change_lines(cfg: &serde_json::Value) -> Vec<String> {
+    cfg["changes"]["lines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no change lines: {cfg}"))
+        .iter()
+        .map(|l| l.as_str().expect("line").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reports_the_route_and_peer_it_added() {
+    let api = api_gateway(&[("RUST_LOG", "info")]).await;
+    let (gw, a, text, dir) = (&api.gw, api.backend, &api.text, &api.dir);
+    let (b, _) = recording_backend().await;
+    let file = dir.path().join("gateway.toml");
+    let gen0 = admin_config(gw).await["generation"].as_u64().expect("gen");
+    let routes = "gateway_config_changes_total{section=\"routes\"}";
+    assert_eq!(metric(gw, routes).await, 0.0);
+
+    let next = text.replace(
+        &format!("peers = [\"{a}\"]"),
+        &format!("peers = [\"{a}\", \"{b}\"]"),
+    ) + "\n[[routes]]\nname = \"docs\"\nprefix = \"/docs\"\nkind = \"proxy\"\nupstream = \"backend\"\n";
+    write_atomic(&file, &next);
+    let cfg = config_at(gw, gen0 + 1).await;
+    assert_eq!(
+        change_lines(&cfg),
+        [
+            "route docs: added".to_string(),
+            format!("upstream backend: peer added {b}")
+        ]
+    );
+    assert_eq!(cfg["changes"]["from_generation"].as_u64(), Some(gen0));
+    assert_eq!(
+        cfg["changes"]["changes"][0],
+        serde_json::json!({"change": "added", "section": "routes", "name": "docs"})
+    );
+    assert_eq!(cfg["changes"]["changes"][1]["peer"], b.to_string());
+    assert_eq!(metric(gw, routes).await, 1.0);
+    assert_eq!(
+        metric(gw, "gateway_config_changes_total{section=\"upstreams\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(gw, "gateway_config_changes_total{section=\"certificates\"}").await,
+        0.0
+    );
+    // The new route serves.
+    let r = gw.client().get(gw.url("/docs/x")).send().await.expect("r");
+    assert_eq!(r.status(), 200);
+    // One structured log line says the same.
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).expect("log");
+    let reloaded: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "config reloaded")
+        .collect();
+    assert_eq!(reloaded.len(), 1, "{log}");
+    let fields = &reloaded[0]["fields"];
+    assert_eq!(fields["changed_sections"], "routes,upstreams", "{log}");
+    assert_eq!(
+        fields["changes"],
+        format!("route docs: added; upstream backend: peer added {b}"),
+        "{log}"
+    );
+}
+
+/// Serial (hex, no colons) and `notAfter` date of a PEM certificate.
+fn serial_and_expiry(pem: &str) -> (String, String) {
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("pem");
+    let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).expect("x509");
+    let day = time::OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp())
+        .expect("time")
+        .date();
+    (x.raw_serial_as_string().replace(':', ""), day.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_rotation_reports_old_and_new_serial() {
+    let api = api_gateway(&[]).await;
+    let (gw, certs) = (&api.gw, &api.certs);
+    let gen0 = admin_config(gw).await["generation"].as_u64().expect("gen");
+    let (old_serial, old_day) =
+        serial_and_expiry(&std::fs::read_to_string(&certs.cert).expect("cert"));
+    let next = certs
+        .ca
+        .issue_for_days(&["localhost", "127.0.0.1"], 60)
+        .expect("next");
+    let (new_serial, new_day) = serial_and_expiry(&next.cert_pem);
+    // Key first: a reload in between (new key, old certificate) is refused, so the next
+    // generation is the whole rotation.
+    write_atomic(&certs.key, &next.key_pem);
+    write_atomic(&certs.cert, &next.cert_pem);
+    let cfg = config_at(gw, gen0 + 1).await;
+    assert_eq!(
+        change_lines(&cfg),
+        [format!(
+            "certificate test: rotated serial {old_serial} (expires {old_day}) → {new_serial} (expires {new_day})"
+        )]
+    );
+    let rotated = &cfg["changes"]["changes"][0];
+    assert_eq!(rotated["old"]["serial"], old_serial.as_str());
+    assert_eq!(rotated["new"]["serial"], new_serial.as_str());
+    assert_eq!(
+        metric(gw, "gateway_config_changes_total{section=\"certificates\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_or_comment_only_reload_says_no_changes() {
+    let api = api_gateway(&[]).await;
+    let (gw, text, dir) = (&api.gw, &api.text, &api.dir);
+    let file = dir.path().join("gateway.toml");
+    let gen0 = admin_config(gw).await["generation"].as_u64().expect("gen");
+    assert!(
+        admin_config(gw).await["changes"].is_null(),
+        "first generation"
+    );
+
+    // `POST /reload` always reloads: same inputs, a new generation, nothing changed.
+    let (status, body) = admin_reload(gw).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generation"].as_u64(), Some(gen0 + 1), "{body}");
+    assert_eq!(body["changes"], serde_json::json!(["no changes"]));
+    let cfg = admin_config(gw).await;
+    assert_eq!(change_lines(&cfg), ["no changes"]);
+    assert_eq!(cfg["changes"]["changes"], serde_json::json!([]));
+
+    // A comment is new content for the watcher, but the same config.
+    write_atomic(&file, &format!("# reviewed\n{text}"));
+    let cfg = config_at(gw, gen0 + 2).await;
+    assert_eq!(change_lines(&cfg), ["no changes"]);
+    let counted = metrics_text(gw).await;
+    assert!(
+        counted
+            .lines()
+            .filter(|l| l.starts_with("gateway_config_changes_total{"))
+            .all(|l| l.ends_with(" 0")),
+        "{counted}"
+    );
 }

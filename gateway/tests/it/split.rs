@@ -108,8 +108,16 @@ async fn weights_split_requests_exactly_and_are_counted_by_pool() {
     assert_eq!(metric(&gw, green_2xx).await, g as f64);
     let blue_by_weight = "gateway_split_decisions_total{by=\"weight\",pool=\"blue\",route=\"api\"}";
     assert_eq!(metric(&gw, blue_by_weight).await, b as f64);
-    let access = std::fs::read_to_string(s.dir.path().join("access.log")).unwrap_or_default();
-    assert!(access.contains("\"pool\":\"green\""), "{access}");
+    // The access log is flushed off the request path: wait for it.
+    let t = Instant::now();
+    loop {
+        let access = std::fs::read_to_string(s.dir.path().join("access.log")).unwrap_or_default();
+        if access.contains("\"route\":\"api\",\"pool\":\"green\"") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{access}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,7 +267,9 @@ fn static_bundle(
                 // Unchanged files and options: keep the previous bundle (and its memory) as is.
                 Some(old) if old.digest == bundle.digest && old.same_options(&bundle) => Some(old),
                 Some(old) => {
-                    let grace = rc.previous_assets_grace_seconds.unwrap_or(600);
+                    let grace = rc
+                        .previous_assets_grace_seconds
+                        .unwrap_or(crate::static_files::DEFAULT_PREVIOUS_ASSETS_GRACE_SECONDS);
                     bundle.keep_previous(&old, std::time::Duration::from_secs(grace));
                     Some(Arc::new(bundle))
                 }
