@@ -462,11 +462,38 @@ def service_target(env, p, what, svc_name, ns, port):
     return out
 
 
+def check_replica_count_service(env, p, gw, value):
+    """`replicas = "dns:<svc>"`: a headless Service listing the gateway pods, not-ready ones too
+    (the name must resolve while no gateway is ready, or the first pod refuses its config)."""
+    m = SVC_DNS.fullmatch(value[4:].strip())
+    if not m:
+        p.append(f"gateway.toml replicas {value!r}: not a cluster Service name")
+        return
+    svc = env.service(m.group(2), m.group(1))
+    if svc is None:
+        p.append(f"gateway.toml replicas {value!r}: no Service {m.group(2)}/{m.group(1)}")
+        return
+    spec, n = svc.get("spec") or {}, f"Service {m.group(2)}/{m.group(1)}"
+    if spec.get("clusterIP") != "None":
+        p.append(f"{n}: counted by gateway.toml replicas but not headless (clusterIP: None): one "
+                 "address instead of one per pod")
+    if spec.get("publishNotReadyAddresses") is not True:
+        p.append(f"{n}: counted by gateway.toml replicas without publishNotReadyAddresses: true (no "
+                 "address while no gateway is ready: a new Deployment's first pod refuses its config)")
+    pods = env.pods(m.group(2), spec.get("selector"))
+    if pods and pods != [gw]:
+        p.append(f"{n}: counted by gateway.toml replicas but selects {sorted(name_of(w) for w in pods)}, "
+                 "not the gateway pods only")
+
+
 def check_flows(env, p, gw, conf):
     # Cluster addresses in gateway.toml (upstreams, JWKS, Redis): real Service ports that the
     # policies let the gateway reach.
     if gw is not None and conf is not None:
         for s in strings(conf):
+            if s.startswith("dns:"):  # a name to count addresses of, not to connect to
+                check_replica_count_service(env, p, gw, s)
+                continue
             for m in SVC_DNS.finditer(s):
                 port = int(m.group(3)) if m.group(3) else (443 if s.startswith("https") else 80)
                 for w, num in service_target(env, p, f"gateway.toml {m.group(0)}", m.group(1), m.group(2), port):

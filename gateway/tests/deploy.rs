@@ -99,11 +99,12 @@ fn kubernetes_validator_catches_every_deliberate_breakage() {
 
 #[test]
 fn cluster_gateway_config_passes_check() {
-    // Both environments' configs (the staging one differs only by names). Mount paths of the
-    // pod mapped to local fixtures, as the kubelet would mount them (TLS from cert-manager,
-    // the admin token, identity and sticky-cookie keys from Secrets), and the cluster DNS names
-    // of the backend (both colours) and Redis to loopback (peers are resolved at load, like nginx; Redis is not connected to
-    // by `check`).
+    // Both environments' configs (the staging one differs by names and keeps blue at weight
+    // 100). Mount paths of the pod mapped to local fixtures, as the kubelet would mount them
+    // (TLS from cert-manager, the admin token, identity and sticky-cookie keys from Secrets),
+    // and the cluster DNS names of the backend (both colours), Redis and the gateway's headless
+    // Service to loopback (peers and `replicas = "dns:…"` are resolved at load, like nginx;
+    // Redis is not connected to by `check`).
     let dir = tempfile::tempdir().expect("tmp");
     let mounts = dir.path().join("etc-gateway");
     for sub in ["tls", "admin", "identity", "sticky"] {
@@ -148,6 +149,9 @@ fn cluster_gateway_config_passes_check() {
             "backend-blue.backend-staging.svc.cluster.local",
             "backend-green.backend.svc.cluster.local",
             "backend-green.backend-staging.svc.cluster.local",
+            // `replicas = "dns:…"` counts its addresses: one, as a single pod would.
+            "gateway-headless.edge.svc.cluster.local",
+            "gateway-headless.edge-staging.svc.cluster.local",
             "redis.edge.svc.cluster.local",
             "redis.edge-staging.svc.cluster.local",
         ] {
