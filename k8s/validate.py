@@ -19,7 +19,11 @@ each other, against the gateway config they ship and against the code:
   mount; Secrets mounted read-only;
 - shutdown: gateway terminationGracePeriodSeconds ≥ preStop sleep + [process]
   readiness_drain_seconds + shutdown_grace_seconds + shutdown_timeout_seconds;
-- replicas: none where an HPA owns the Deployment, required elsewhere;
+- replicas: none where an HPA owns the Deployment, required elsewhere; a PDB for every
+  Deployment and StatefulSet (except PDB_EXEMPT) covering its pods and no other workload's;
+  no workload selector matching another workload's pods;
+- blue-green: the backend colours are the same pod spec but for image and colour label; each
+  pool of a split route reaches its own pods only, and a pool with weight has replicas;
 - alerts: metric names against the names gateway/src/metrics.rs and backend/src/observe.rs
   register, `up{job=…}` against the scraped Services, every selector scoped to the namespace
   of this environment its series come from (`namespace="edge"` …: both environments share
@@ -59,7 +63,11 @@ EXTERNAL_SECRETS = {
     "identity-signing-key": {"key"},
     "backend-jwt-keys": None,
     "backend-db": {"url", "user", "password"},
+    "gateway-sticky-key": {"key"},
 }
+# Workloads without a PodDisruptionBudget, and why: Redis is one disposable replica (the login
+# limit falls back to local counters), a budget would only block node drains.
+PDB_EXEMPT = {"redis"}
 CERT_SECRET_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 # Paths that ship inside an image rather than on a volume.
 IMAGE_PATHS = ["/srv/web"]
@@ -265,10 +273,17 @@ def file_values(value, key=""):
         yield value
 
 
+# Staging runs one backend colour (SQLite on a ReadWriteOnce PVC, overlays/staging): its split
+# keeps blue whatever production's weights are.
+STAGING_SPLIT = 'upstreams = [{ pool = "backend-blue", weight = 100 }, { pool = "backend-green", weight = 0 }]'
+
+
 def derive_staging_config(base_text):
     s = ENVIRONMENTS["staging"]
-    header = ("# GENERATED from k8s/base/gateway/gateway.toml with the staging names by\n"
-              "# `python3 k8s/validate.py --sync-staging-config`: edit the base file, then rerun it.\n")
+    header = ("# GENERATED from k8s/base/gateway/gateway.toml with the staging names and blue at\n"
+              "# weight 100 by `python3 k8s/validate.py --sync-staging-config`: edit the base file,\n"
+              "# then rerun it.\n")
+    base_text = re.sub(r"(?m)^upstreams = \[.*\]$", STAGING_SPLIT, base_text)
     return header + (base_text
             .replace(".backend.svc.cluster.local", f".{s['backend']}.svc.cluster.local")
             .replace(".edge.svc.cluster.local", f".{s['edge']}.svc.cluster.local")
@@ -447,11 +462,38 @@ def service_target(env, p, what, svc_name, ns, port):
     return out
 
 
+def check_replica_count_service(env, p, gw, value):
+    """`replicas = "dns:<svc>"`: a headless Service listing the gateway pods, not-ready ones too
+    (the name must resolve while no gateway is ready, or the first pod refuses its config)."""
+    m = SVC_DNS.fullmatch(value[4:].strip())
+    if not m:
+        p.append(f"gateway.toml replicas {value!r}: not a cluster Service name")
+        return
+    svc = env.service(m.group(2), m.group(1))
+    if svc is None:
+        p.append(f"gateway.toml replicas {value!r}: no Service {m.group(2)}/{m.group(1)}")
+        return
+    spec, n = svc.get("spec") or {}, f"Service {m.group(2)}/{m.group(1)}"
+    if spec.get("clusterIP") != "None":
+        p.append(f"{n}: counted by gateway.toml replicas but not headless (clusterIP: None): one "
+                 "address instead of one per pod")
+    if spec.get("publishNotReadyAddresses") is not True:
+        p.append(f"{n}: counted by gateway.toml replicas without publishNotReadyAddresses: true (no "
+                 "address while no gateway is ready: a new Deployment's first pod refuses its config)")
+    pods = env.pods(m.group(2), spec.get("selector"))
+    if pods and pods != [gw]:
+        p.append(f"{n}: counted by gateway.toml replicas but selects {sorted(name_of(w) for w in pods)}, "
+                 "not the gateway pods only")
+
+
 def check_flows(env, p, gw, conf):
     # Cluster addresses in gateway.toml (upstreams, JWKS, Redis): real Service ports that the
     # policies let the gateway reach.
     if gw is not None and conf is not None:
         for s in strings(conf):
+            if s.startswith("dns:"):  # a name to count addresses of, not to connect to
+                check_replica_count_service(env, p, gw, s)
+                continue
             for m in SVC_DNS.finditer(s):
                 port = int(m.group(3)) if m.group(3) else (443 if s.startswith("https") else 80)
                 for w, num in service_target(env, p, f"gateway.toml {m.group(0)}", m.group(1), m.group(2), port):
@@ -645,8 +687,28 @@ def check_scaling(env, p, env_name):
         if (((spec.get("metrics") or [{}])[0].get("resource")) or {}).get("name") != "cpu":
             p.append("gateway HPA on CPU missing")
     for pdb in env.kind("PodDisruptionBudget"):
-        if not env.pods(ns_of(pdb), (pdb.get("spec") or {}).get("selector") or {}):
+        pods = env.pods(ns_of(pdb), (pdb.get("spec") or {}).get("selector") or {})
+        if not pods:
             p.append(f"PDB {ns_of(pdb)}/{name_of(pdb)}: selector matches no pod")
+        elif len(pods) > 1:
+            p.append(f"PDB {ns_of(pdb)}/{name_of(pdb)}: selects pods of several workloads "
+                     f"{sorted(name_of(w) for w in pods)} (one colour's drain would wait on the other's)")
+    for w in env.workloads:
+        if w["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        if name_of(w) not in PDB_EXEMPT and not any(
+                ns_of(pdb) == ns_of(w) and selector_matches((pdb.get("spec") or {}).get("selector") or {},
+                                                             pod_labels(w))
+                for pdb in env.kind("PodDisruptionBudget")):
+            p.append(f"{w['kind']}/{name_of(w)}: no PodDisruptionBudget covers its pods")
+        # Two controllers whose selectors match the same pods fight over them (a colour label
+        # missing from one selector adopts or deletes the other colour's pods).
+        sel = (w.get("spec") or {}).get("selector") or {}
+        for o in env.workloads:
+            if o is not w and ns_of(o) == ns_of(w) and o["kind"] in ("Deployment", "StatefulSet") \
+                    and selector_matches(sel, pod_labels(o)):
+                p.append(f"{w['kind']}/{name_of(w)}: selector {sel} also matches the pods of "
+                         f"{o['kind']}/{name_of(o)}")
     gw_pdb = [x for x in env.kind("PodDisruptionBudget") if name_of(x) == "gateway"]
     if not gw_pdb or gw_pdb[0]["spec"].get("minAvailable") != 1:
         p.append("gateway PDB minAvailable 1 missing")
@@ -837,11 +899,51 @@ def check_gateway(env, p, env_name, gw, conf):
             p.append(f"gateway.toml: JWT issuer {jwt.get('issuer')} is not this environment's host")
 
 
+COLOUR = "app.kubernetes.io/instance"
+BACKEND_IMAGE = "ghcr.io/example/expenses-backend"
+
+
+def backend_deployments(env):
+    return [w for w in env.workloads if w["kind"] == "Deployment"
+            and pod_labels(w).get("app.kubernetes.io/name") == "backend"]
+
+
+def without_colour(w):
+    """A backend Deployment's pod spec and labels, its image and colour label blanked: what the
+    colours must share (same env, mounts, probes, database)."""
+    spec = copy.deepcopy(pod_spec(w))
+    for c in spec.get("initContainers", []) + spec.get("containers", []):
+        c.pop("image", None)
+    # The colour label also sits in selectors inside the spec (topology spread).
+    colour = json.dumps({COLOUR: pod_labels(w).get(COLOUR)})[1:-1]
+    spec = json.loads(json.dumps(spec, sort_keys=True).replace(colour, f'"{COLOUR}": ""'))
+    labels = {k: v for k, v in pod_labels(w).items() if k != COLOUR}
+    return spec, labels
+
+
 def check_backend(env, p, env_name):
-    be = next((w for w in env.workloads if w["kind"] == "Deployment" and name_of(w) == "backend"), None)
-    if be is None:
+    colours = backend_deployments(env)
+    if not colours:
         p.append("backend Deployment missing")
         return
+    for w in colours:
+        if not pod_labels(w).get(COLOUR):
+            p.append(f"backend: Deployment {name_of(w)} has no {COLOUR} (colour) label")
+        for c in containers(w):
+            if c.get("name") == "backend" and not c.get("image", "").startswith(BACKEND_IMAGE + "@") \
+                    and not c.get("image", "").startswith(BACKEND_IMAGE + ":"):
+                p.append(f"backend: Deployment {name_of(w)} image {c.get('image')} is not {BACKEND_IMAGE} "
+                         "(a colour's image handle the overlay does not map?)")
+        if w is not colours[0] and without_colour(w) != without_colour(colours[0]):
+            a, b = without_colour(colours[0]), without_colour(w)
+            what = [k for k in sorted(set(a[0]) | set(b[0])) if a[0].get(k) != b[0].get(k)]
+            p.append(f"backend: Deployment {name_of(w)} differs from {name_of(colours[0])} beyond image "
+                     f"and colour ({', '.join(what) or 'labels'}): a shift would change more than the version")
+    for be in colours:
+        check_backend_colour(env, p, env_name, be)
+
+
+def check_backend_colour(env, p, env_name, be):
     c = next((c for c in containers(be) if c.get("name") == "backend"), {})
     envs = {e.get("name"): e.get("value") for e in c.get("env") or []}
     mounts = {m[0].rstrip("/"): m for m in mounts_for(be, c)}
@@ -868,6 +970,36 @@ def check_backend(env, p, env_name):
         p.append("backend: --listen port != container port http")
     if "--keys-dir" in args:
         p.append("backend: --keys-dir overrides BACKEND_KEYS_DIR")
+
+
+def check_split(env, p, conf):
+    """Routes with weighted pools (blue-green): each pool reaches pods no other pool of the
+    route reaches, and a pool with weight has a workload with replicas behind it (traffic on a
+    colour scaled to 0 would live on failover alone)."""
+    if conf is None:
+        return
+    pools = conf.get("upstreams") or {}
+    for r in conf.get("routes") or []:
+        split = r.get("upstreams") or []
+        reached = {}
+        for member in split:
+            name, weight = member.get("pool"), member.get("weight", 1)
+            pods = []
+            for peer in (pools.get(name) or {}).get("peers") or []:
+                m = SVC_DNS.search(peer)
+                if m:
+                    svc = env.service(m.group(2), m.group(1))
+                    if svc is not None:
+                        pods += env.pods(m.group(2), svc["spec"].get("selector"))
+            for other, theirs in reached.items():
+                shared = sorted({name_of(w) for w in pods} & {name_of(w) for w in theirs})
+                if shared:
+                    p.append(f"gateway.toml route {r.get('name')}: pools {other} and {name} reach the same "
+                             f"pods ({', '.join(shared)}): the weights would not split anything")
+            reached[name] = pods
+            if weight > 0 and pods and not any((w.get("spec") or {}).get("replicas", 1) > 0 for w in pods):
+                p.append(f"gateway.toml route {r.get('name')}: pool {name} has weight {weight} but "
+                         f"{', '.join(sorted(name_of(w) for w in pods))} has 0 replicas")
 
 
 def check_namespaces_and_placement(env, p, env_name):
@@ -897,12 +1029,13 @@ def check_namespaces_and_placement(env, p, env_name):
                 p.append(f"{w['kind']}/{name_of(w)}/{c.get('name')}: image {img} not by digest in production")
             if img.endswith(":latest") or ("@" not in img and ":" not in img.rsplit("/", 1)[-1]):
                 p.append(f"{w['kind']}/{name_of(w)}/{c.get('name')}: image {img} without a pinned tag")
-    for app in ("gateway", "backend"):
-        w = next((w for w in env.workloads if w["kind"] == "Deployment" and name_of(w) == app), None)
-        if w and not any(t.get("topologyKey") == "kubernetes.io/hostname"
+    for w in env.workloads:
+        app = pod_labels(w).get("app.kubernetes.io/name")
+        if w["kind"] == "Deployment" and app in ("gateway", "backend") and not any(t.get("topologyKey") == "kubernetes.io/hostname"
                          and selector_matches(t.get("labelSelector") or {}, pod_labels(w))
                          for t in pod_spec(w).get("topologySpreadConstraints") or []):
-            p.append(f"{app}: no topologySpreadConstraint on kubernetes.io/hostname selecting its pods")
+            p.append(f"{app}: {name_of(w)}: no topologySpreadConstraint on kubernetes.io/hostname "
+                     "selecting its pods")
 
 
 def check_env(env_name, objs, cluster_objs=(), metrics=None, schema=True):
@@ -923,6 +1056,7 @@ def check_env(env_name, objs, cluster_objs=(), metrics=None, schema=True):
     check_scaling(env, p, env_name)
     check_volumes(env, p, gw, conf)
     check_gateway(env, p, env_name, gw, conf)
+    check_split(env, p, conf)
     check_backend(env, p, env_name)
     issuers = {name_of(o) for o in cluster_objs if o.get("kind") == "ClusterIssuer"}
     for cert in env.kind("Certificate"):

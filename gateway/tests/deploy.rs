@@ -99,14 +99,15 @@ fn kubernetes_validator_catches_every_deliberate_breakage() {
 
 #[test]
 fn cluster_gateway_config_passes_check() {
-    // Both environments' configs (the staging one differs only by names). Mount paths of the
-    // pod mapped to local fixtures, as the kubelet would mount them (TLS from cert-manager,
-    // the admin token and identity key from Secrets), and the cluster DNS names of the backend
-    // and Redis to loopback (peers are resolved at load, like nginx; Redis is not connected to
-    // by `check`).
+    // Both environments' configs (the staging one differs by names and keeps blue at weight
+    // 100). Mount paths of the pod mapped to local fixtures, as the kubelet would mount them
+    // (TLS from cert-manager, the admin token, identity and sticky-cookie keys from Secrets),
+    // and the cluster DNS names of the backend (both colours), Redis and the gateway's headless
+    // Service to loopback (peers and `replicas = "dns:…"` are resolved at load, like nginx;
+    // Redis is not connected to by `check`).
     let dir = tempfile::tempdir().expect("tmp");
     let mounts = dir.path().join("etc-gateway");
-    for sub in ["tls", "admin", "identity"] {
+    for sub in ["tls", "admin", "identity", "sticky"] {
         std::fs::create_dir_all(mounts.join(sub)).expect("mount dir");
     }
     let certs = gateway::certs::DevCa::generate("k8s test CA")
@@ -128,6 +129,11 @@ fn cluster_gateway_config_passes_check() {
         "k8s-test-identity-signing-key-0123456789abcdef\n",
     )
     .expect("identity key");
+    std::fs::write(
+        mounts.join("sticky/key"),
+        "k8s-test-sticky-cookie-key-0123456789abcdef\n",
+    )
+    .expect("sticky key");
     for (env, file) in [
         ("production", "k8s/base/gateway/gateway.toml"),
         ("staging", "k8s/overlays/staging/gateway.toml"),
@@ -139,6 +145,13 @@ fn cluster_gateway_config_passes_check() {
         for host in [
             "backend.backend.svc.cluster.local",
             "backend.backend-staging.svc.cluster.local",
+            "backend-blue.backend.svc.cluster.local",
+            "backend-blue.backend-staging.svc.cluster.local",
+            "backend-green.backend.svc.cluster.local",
+            "backend-green.backend-staging.svc.cluster.local",
+            // `replicas = "dns:…"` counts its addresses: one, as a single pod would.
+            "gateway-headless.edge.svc.cluster.local",
+            "gateway-headless.edge-staging.svc.cluster.local",
             "redis.edge.svc.cluster.local",
             "redis.edge-staging.svc.cluster.local",
         ] {
