@@ -83,9 +83,39 @@ pub async fn connect(url: &str) -> Result<(AnyPool, Engine), DbError> {
         });
     }
     let pool = opts.connect(url).await?;
-    match engine {
-        Engine::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-        Engine::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
-    }
+    let mut migrator = match engine {
+        Engine::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Engine::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
+    // Blue-green: the other colour may already have applied newer migrations (expand-only,
+    // docs/kubernetes.md); an older binary restarting in the rollback window must still start
+    // rather than refuse a version it does not know.
+    migrator.set_ignore_missing(true);
+    migrator.run(&pool).await?;
     Ok((pool, engine))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_migrated_by_a_newer_colour_still_opens() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("db.sqlite").display()
+        );
+        let (pool, _) = connect(&url).await.expect("first open");
+        // What a newer release leaves behind: a migration this binary does not ship.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', TRUE, X'00', 0)",
+        )
+        .execute(&pool)
+        .await
+        .expect("insert");
+        pool.close().await;
+        connect(&url).await.expect("reopened by the older binary");
+    }
 }
