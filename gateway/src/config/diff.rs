@@ -105,6 +105,23 @@ pub enum Change {
     },
     /// A referenced file (page, key, JWKS) has new content.
     Content { section: String, name: String },
+    /// A route's traffic split moved: each pool whose weight changed (0: not in the split).
+    Weights {
+        section: String,
+        name: String,
+        weights: Vec<WeightChange>,
+    },
+}
+
+/// One pool's weight before and after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightChange {
+    /// Pool name.
+    pub pool: String,
+    /// Weight before.
+    pub old: u64,
+    /// Weight after.
+    pub new: u64,
 }
 
 impl Change {
@@ -119,7 +136,8 @@ impl Change {
             | Change::PeerRemoved { section, .. }
             | Change::Rotated { section, .. }
             | Change::Bundle { section, .. }
-            | Change::Content { section, .. } => section,
+            | Change::Content { section, .. }
+            | Change::Weights { section, .. } => section,
         }
     }
 }
@@ -159,6 +177,7 @@ impl ConfigDiff {
         let old_routes = by_name(o.get(ROUTES));
         let new_routes = by_name(n.get(ROUTES));
         named(ROUTES, &old_routes, &new_routes, &mut out);
+        weights(&old_routes, &new_routes, &mut out);
         // Routes match in order: the routes of both generations in another order is a change
         // of its own (added and removed ones aside).
         let kept = |file: &Table, other: &BTreeMap<String, &Table>| -> Vec<String> {
@@ -232,6 +251,57 @@ impl fmt::Display for ConfigDiff {
     }
 }
 
+/// Pool → weight of a route as written: `upstreams` entries (weight default 1), or its one
+/// `upstream` at weight 1.
+fn split_of(route: &Table) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Some(Value::String(pool)) = route.get("upstream") {
+        out.insert(pool.clone(), 1);
+    }
+    for e in route
+        .get("upstreams")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_table)
+    {
+        if let Some(pool) = e.get("pool").and_then(Value::as_str) {
+            let w = e.get("weight").and_then(Value::as_integer).unwrap_or(1);
+            out.insert(pool.to_string(), u64::try_from(w).unwrap_or(0));
+        }
+    }
+    out
+}
+
+/// Weight shifts of routes kept across the reload (what a blue-green step looks like).
+fn weights(old: &BTreeMap<String, &Table>, new: &BTreeMap<String, &Table>, out: &mut Vec<Change>) {
+    for (name, n) in new {
+        let Some(o) = old.get(name) else { continue };
+        if !o.contains_key("upstreams") && !n.contains_key("upstreams") {
+            // No split on either side: a changed `upstream` is a changed key, said already.
+            continue;
+        }
+        let (before, after) = (split_of(o), split_of(n));
+        let pools: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        let moved: Vec<WeightChange> = pools
+            .into_iter()
+            .map(|p| WeightChange {
+                pool: p.clone(),
+                old: before.get(p).copied().unwrap_or(0),
+                new: after.get(p).copied().unwrap_or(0),
+            })
+            .filter(|w| w.old != w.new)
+            .collect();
+        if !moved.is_empty() {
+            out.push(Change::Weights {
+                section: ROUTES.into(),
+                name: name.clone(),
+                weights: moved,
+            });
+        }
+    }
+}
+
 /// The word an entry of `section` is called in a line (`route api`, `upstream backend`).
 fn singular(section: &str) -> &str {
     match section {
@@ -290,6 +360,17 @@ impl fmt::Display for Change {
                 name,
                 peer,
             } => write!(f, "{}: peer removed {peer}", what(section, name)),
+            Change::Weights {
+                section,
+                name,
+                weights,
+            } => {
+                let moved: Vec<String> = weights
+                    .iter()
+                    .map(|w| format!("{} {} → {}", w.pool, w.old, w.new))
+                    .collect();
+                write!(f, "{}: weights {}", what(section, name), moved.join(", "))
+            }
             Change::Rotated {
                 section,
                 name,
@@ -655,6 +736,38 @@ root = "web"
         assert_eq!(
             d.to_string(),
             "route c: added\nroutes: order changed to b, a"
+        );
+    }
+
+    #[test]
+    fn a_weight_shift_says_which_pools_moved() {
+        let split = |blue: u32, green: u32| {
+            format!(
+                "[[routes]]\nname = \"api\"\nupstreams = [{{ pool = \"blue\", weight = {blue} }}, {{ pool = \"green\", weight = {green} }}]\n"
+            )
+        };
+        let d = ConfigDiff::between(&summary(&split(100, 0)), &summary(&split(75, 25)));
+        assert_eq!(
+            d.lines(),
+            [
+                "route api: changed keys upstreams",
+                "route api: weights blue 100 → 75, green 0 → 25"
+            ]
+        );
+        assert_eq!(d.sections(), BTreeSet::from(["routes"]));
+        // From one pool to a split: the new pool appears from 0.
+        let one = "[[routes]]\nname = \"api\"\nupstream = \"blue\"\n";
+        let d = ConfigDiff::between(&summary(one), &summary(&split(1, 1)));
+        assert!(
+            d.lines()
+                .contains(&"route api: weights green 0 → 1".to_string()),
+            "{d}"
+        );
+        // Another pool with no split on either side is only a changed key.
+        let other = one.replace("blue", "green");
+        assert_eq!(
+            ConfigDiff::between(&summary(one), &summary(&other)).lines(),
+            ["route api: changed keys upstream"]
         );
     }
 

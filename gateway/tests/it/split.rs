@@ -313,7 +313,27 @@ async fn shifting_weights_from_blue_to_green_under_load_fails_no_request() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        generation = admin_config(&gw).await["generation"].as_u64().expect("gen");
+        let cfg = admin_config(&gw).await;
+        generation = cfg["generation"].as_u64().expect("gen");
+        // The reload says what moved (the first step rewrites the same weights).
+        let want = if green == 0 {
+            "no changes".to_string()
+        } else {
+            let prev = green - 25;
+            format!(
+                "route api: weights blue {} → {}, green {prev} → {green}",
+                100 - prev,
+                100 - green
+            )
+        };
+        let lines = cfg["changes"]["lines"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            lines.iter().any(|l| l == want.as_str()),
+            "{want} not in {cfg}"
+        );
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     stop.store(true, Ordering::Relaxed);
