@@ -57,7 +57,8 @@ pub static DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
-/// Upstream errors by pool and kind (`connect`, `timeout`, `bad_gateway`, `no_healthy_peer`).
+/// Upstream errors by pool and kind (`connect`, `timeout`, `bad_gateway`, `no_healthy_peer`,
+/// `pinned_no_peer`).
 pub static UPSTREAM_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(

@@ -11,8 +11,9 @@
 //!    pool still has weight: the gateway sets `name=<pool>.<HMAC>`; a cookie whose MAC does not
 //!    verify (forged, or signed with another key) is ignored, so no unsigned client state
 //!    chooses a pool;
-//! 3. **weights** — a low-discrepancy sequence over the weights: exact proportions over any
-//!    window, no RNG on the request path, and a weight of 0 never chosen.
+//! 3. **weights** — a low-discrepancy sequence over the weights: each pool's share within
+//!    ±1 request over any window (the sequence restarts with each generation), no RNG on the
+//!    request path, and a weight of 0 never chosen.
 //!
 //! Weights change with a reload: the pools themselves are kept (their health and keep-alive
 //! connections survive), only the split is rebuilt, and requests in flight finish on the
@@ -243,6 +244,9 @@ pub struct Split {
     pins: Vec<Pin>,
     /// Boxed: the keyed MAC is large and most routes have none.
     sticky: Option<Box<Sticky>>,
+    /// Each member's `Set-Cookie`, built once: the value is the same for every client, so a
+    /// new assignment costs no MAC and no allocation on the response path.
+    cookies: Vec<Option<http::HeaderValue>>,
     /// Requests decided by weight so far: the position in the sequence.
     counter: AtomicU64,
 }
@@ -263,7 +267,12 @@ impl Split {
     /// A split over `members` (non-empty; weights summing to more than 0).
     pub fn new(members: Vec<Member>, pins: Vec<Pin>, sticky: Option<Sticky>) -> Self {
         let total = members.iter().map(|m| u64::from(m.weight)).sum();
+        let cookies = members
+            .iter()
+            .map(|m| sticky.as_ref().and_then(|s| s.set_cookie(&m.pool.name)))
+            .collect();
         Self {
+            cookies,
             members,
             total,
             pins,
@@ -280,6 +289,12 @@ impl Split {
     /// The pool at `index`.
     pub fn pool(&self, index: usize) -> &Arc<Pool> {
         &self.members[index].pool
+    }
+
+    /// The `Set-Cookie` assigning the pool at `index`, with `sticky` (`None` without, or when
+    /// the value could not be a header — which validation refuses).
+    pub fn sticky_cookie(&self, index: usize) -> Option<&http::HeaderValue> {
+        self.cookies.get(index).and_then(Option::as_ref)
     }
 
     /// The sticky-cookie policy, if any.

@@ -10,19 +10,19 @@ use http::HeaderName;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-/// A new sticky assignment is told to the client (appended: the upstream's own cookies stay).
+/// A new sticky assignment is told to the client (appended: the upstream's own cookies stay)
+/// — not on a 5xx, which would keep a browser on a failing colour for the cookie's lifetime,
+/// nor on a protocol switch.
 fn sticky_cookie(resp: &mut ResponseHeader, ctx: &Ctx) {
     let Some(choice) = ctx.upstream.choice.filter(|c| c.set_cookie) else {
         return;
     };
-    let Some(split) = ctx.split() else {
+    let status = resp.status.as_u16();
+    if status >= 500 || status == 101 {
         return;
-    };
-    if let Some(v) = split
-        .sticky()
-        .and_then(|s| s.set_cookie(&split.pool(choice.index).name))
-    {
-        let _ = resp.append_header(http::header::SET_COOKIE, v);
+    }
+    if let Some(v) = ctx.split().and_then(|s| s.sticky_cookie(choice.index)) {
+        let _ = resp.append_header(http::header::SET_COOKIE, v.clone());
     }
 }
 

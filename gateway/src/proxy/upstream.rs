@@ -45,8 +45,16 @@ pub fn peer(req: &RequestHeader, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
     let mut pool = split.pool(choice.index).clone();
     let mut selected = pool.select(hash_key(&pool), ctx.upstream.peer.as_ref());
     if selected.is_none() {
+        // A pin any client can send must not page anyone about a standby pool (weight 0,
+        // maybe scaled to 0): that is counted apart from a pool in rotation going dark.
+        let standby = choice.by == By::Pin && split.members()[choice.index].weight == 0;
+        let kind = if standby {
+            "pinned_no_peer"
+        } else {
+            "no_healthy_peer"
+        };
         crate::metrics::UPSTREAM_ERRORS
-            .with_label_values(&[pool.name.as_str(), "no_healthy_peer"])
+            .with_label_values(&[pool.name.as_str(), kind])
             .inc();
     }
     // Also on a retry: a connect failure may just have taken the pool's last peer down.

@@ -1,7 +1,8 @@
 //! Replica-aware local quotas: a `store = "local"` policy with `replicas` divides its quota and
 //! burst by the number of ready gateway replicas (ceil, never below 1), so the cluster-wide
 //! limit stays what the config says without Redis. The count is a fixed number or the distinct
-//! addresses of a DNS name (a headless Service lists ready pods only), re-read every
+//! addresses of a DNS name (a headless Service: ready pods only, or every pod with an address with
+//! `publishNotReadyAddresses`, as `k8s/` ships it so a first pod can count itself), re-read every
 //! [`REFRESH`] off the request path by [`crate::services::RateLimitService`].
 //!
 //! The bound is approximate by design: per-replica limit = ceil(Q/N); a client whose requests
@@ -97,12 +98,19 @@ impl ReplicaSource {
     }
 }
 
-/// The system resolver (getaddrinfo on `name:0`): distinct addresses, A and AAAA.
+/// The system resolver (getaddrinfo on `name:0`): distinct addresses of the more numerous
+/// family — a dual-stack pod publishes one A and one AAAA record and is one replica.
 pub fn system_resolver() -> Resolver {
     Arc::new(|name: &str| {
         let addrs: HashSet<_> = (name, 0).to_socket_addrs()?.map(|a| a.ip()).collect();
-        Ok(u32::try_from(addrs.len()).unwrap_or(u32::MAX))
+        Ok(u32::try_from(replicas_of(&addrs)).unwrap_or(u32::MAX))
     })
+}
+
+/// Replicas behind a set of addresses: the larger of the IPv4 and IPv6 counts.
+fn replicas_of(addrs: &HashSet<std::net::IpAddr>) -> usize {
+    let v4 = addrs.iter().filter(|a| a.is_ipv4()).count();
+    v4.max(addrs.len() - v4)
 }
 
 /// `n` divided over `replicas`, rounded up, at least 1: no replica refuses everything.
@@ -113,6 +121,22 @@ pub fn per_replica(n: u32, replicas: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dual_stack_pod_is_one_replica() {
+        let set = |a: &[&str]| -> HashSet<std::net::IpAddr> {
+            a.iter().map(|s| s.parse().expect("ip")).collect()
+        };
+        assert_eq!(replicas_of(&set(&["10.0.0.1", "fd00::1"])), 1);
+        assert_eq!(
+            replicas_of(&set(&["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"])),
+            2
+        );
+        // During a rollout one family may lag: the larger count is the replica count.
+        assert_eq!(replicas_of(&set(&["10.0.0.1", "10.0.0.2", "fd00::1"])), 2);
+        assert_eq!(replicas_of(&set(&["fd00::1", "fd00::2", "fd00::3"])), 3);
+        assert_eq!(replicas_of(&set(&[])), 0);
+    }
 
     #[test]
     fn values_name_their_source_or_their_problem() {

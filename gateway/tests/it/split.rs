@@ -49,13 +49,21 @@ struct Setup {
     green: (SocketAddr, Log),
 }
 
+/// A backend answering 200, and 500 on `/api/boom`.
+fn colour_router() -> axum::Router {
+    recording_router().route(
+        "/api/boom",
+        axum::routing::any(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+    )
+}
+
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::new(dir.path());
     std::fs::write(dir.path().join("sticky.key"), KEY).expect("key");
     Setup {
-        blue: recording_backend().await,
-        green: recording_backend().await,
+        blue: serve_recorded(colour_router()).await,
+        green: serve_recorded(colour_router()).await,
         ports: Ports::new(),
         certs,
         dir,
@@ -165,13 +173,19 @@ async fn a_pin_reaches_a_pool_at_weight_zero_and_only_it() {
 }
 
 /// curl over `version` with `args`; returns (status, the `gw_pool=…` pair of Set-Cookie).
-fn curl(gw: &Gateway, ca: &Path, version: &str, args: &[&str]) -> (String, Option<String>) {
+fn curl(
+    gw: &Gateway,
+    ca: &Path,
+    version: &str,
+    args: &[&str],
+    path: &str,
+) -> (String, Option<String>) {
     let out = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-D", "-", version, "--cacert"])
         .arg(ca)
         .args(["--resolve", &format!("localhost:{}:127.0.0.1", gw.https)])
         .args(args)
-        .arg(gw.url("/api/sticky"))
+        .arg(gw.url(path))
         .output()
         .expect("curl");
     assert!(
@@ -210,10 +224,13 @@ async fn a_signed_sticky_cookie_keeps_a_browser_on_its_colour_over_h1_and_h2() {
     let ca = s.dir.path().join("ca.pem");
     std::fs::write(&ca, &s.certs.ca_pem).expect("ca");
     for version in ["--http1.1", "--http2"] {
+        // A first answer that is a 5xx assigns nothing: no browser is kept on a failing colour.
+        let (status, cookie) = curl(&gw, &ca, version, &[], "/api/boom");
+        assert_eq!((status.as_str(), cookie), ("500", None));
         // Two fresh clients: the weights give them one colour each.
         let mut pairs = Vec::new();
         for _ in 0..2 {
-            let (status, cookie) = curl(&gw, &ca, version, &[]);
+            let (status, cookie) = curl(&gw, &ca, version, &[], "/api/sticky");
             assert_eq!(status, "200");
             pairs.push(cookie.expect("a new client is assigned with a cookie"));
         }
@@ -221,7 +238,13 @@ async fn a_signed_sticky_cookie_keeps_a_browser_on_its_colour_over_h1_and_h2() {
         for pair in &pairs {
             let (blue, green) = (count(&s.blue.1), count(&s.green.1));
             for _ in 0..4 {
-                let (status, cookie) = curl(&gw, &ca, version, &["-H", &format!("cookie: {pair}")]);
+                let (status, cookie) = curl(
+                    &gw,
+                    &ca,
+                    version,
+                    &["-H", &format!("cookie: {pair}")],
+                    "/api/sticky",
+                );
                 assert_eq!((status.as_str(), cookie), ("200", None), "kept, not re-set");
             }
             let on_green = pair.starts_with("gw_pool=green.");
@@ -240,7 +263,7 @@ async fn a_signed_sticky_cookie_keeps_a_browser_on_its_colour_over_h1_and_h2() {
             .map(|(_, t)| t.to_string())
             .expect("blue tag");
         let forged = format!("cookie: gw_pool=green.{blue_tag}");
-        let (status, cookie) = curl(&gw, &ca, version, &["-H", &forged]);
+        let (status, cookie) = curl(&gw, &ca, version, &["-H", &forged], "/api/sticky");
         assert_eq!(status, "200");
         assert!(
             cookie.is_some(),
@@ -262,21 +285,27 @@ async fn a_pool_without_a_healthy_peer_fails_over_to_the_other_colour() {
     let s = setup().await;
     // Blue's only peer refuses connections.
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let text = conf(
-        s.dir.path(),
-        &s.ports,
-        &s.certs,
-        dead,
-        s.green.0,
-        &weights(1, 1),
-    )
-    .replace("[upstreams.blue]", "[upstreams.blue]\nretries = 1");
+    let split = format!(
+        "{}\npin = [{{ header = \"x-canary\", value = \"blue\", pool = \"blue\" }}]",
+        weights(1, 1)
+    );
+    let text = conf(s.dir.path(), &s.ports, &s.certs, dead, s.green.0, &split)
+        .replace("[upstreams.blue]", "[upstreams.blue]\nretries = 1");
     let gw = start_gateway(s.dir.path(), &s.ports, &text, &s.certs.ca_pem);
     let c = gw.client();
     for _ in 0..10 {
         let r = c.get(gw.url("/api/f")).send().await.expect("get");
         assert_eq!(r.status(), 200);
     }
+    assert_eq!(count(&s.green.1), 10);
+    // A pinned request stays pinned: a tester of blue sees blue's failure, not green's answer.
+    let r = c
+        .get(gw.url("/api/f"))
+        .header("x-canary", "blue")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 502);
     assert_eq!(count(&s.green.1), 10);
     assert!(
         metric(
@@ -441,6 +470,18 @@ fn bad_splits_are_refused_at_their_position() {
             "sticky cookie `a b` is not a valid cookie name",
         ),
         (
+            format!("{}\nsticky = {{ key_file = \"{}\", max_age_seconds = 0 }}", weights(1, 1), key.display()),
+            "sticky max_age_seconds must be above 0",
+        ),
+        (
+            format!("{}\npin = [{{ header = \"x-canary\", value = \" \", pool = \"green\" }}]", weights(1, 1)),
+            "pin `value` is empty; leave it out to match any value",
+        ),
+        (
+            format!("{}\npin = [{{ header = \"X-Auth-Subject\", pool = \"green\" }}]", weights(1, 1)),
+            "pin header `x-auth-subject` is an identity header, stripped from every request: it can never match",
+        ),
+        (
             String::new(),
             "a proxy route needs `upstream` or `upstreams`",
         ),
@@ -460,15 +501,42 @@ fn bad_splits_are_refused_at_their_position() {
         let mut parts = at.rsplitn(3, ':');
         let (col, row) = (parts.next().expect("col"), parts.next().expect("line"));
         let row: usize = row.parse().unwrap_or_else(|_| panic!("{line}"));
-        col.parse::<usize>().unwrap_or_else(|_| panic!("{line}"));
+        let col: usize = col.parse().unwrap_or_else(|_| panic!("{line}"));
         assert_eq!(parts.next(), Some(file.to_str().expect("utf-8")), "{line}");
-        let route_line = text
-            .lines()
-            .position(|l| l == "name = \"api\"")
+        assert!(line.contains("route `api`: "), "{line}");
+        let lines: Vec<&str> = text.lines().collect();
+        let route_line = lines
+            .iter()
+            .position(|l| *l == "name = \"api\"")
             .expect("route")
             + 1;
-        assert!(row >= route_line - 1, "{line}: not on the route");
-        assert!(line.contains("route `api`: "), "{line}");
+        if split.is_empty() {
+            // No pool key at all: the route itself, from its `[[routes]]` header.
+            assert!((route_line - 1..=route_line).contains(&row), "{line}");
+            continue;
+        }
+        // The line of the key at fault, and the column of its value (or of the element in it).
+        let key =
+            if want.contains("sticky") || want.contains("32 bytes") || want.contains("missing.key")
+            {
+                "sticky ="
+            } else if want.contains("pin") {
+                "pin ="
+            } else {
+                "upstreams ="
+            };
+        let want_row = route_line
+            + lines[route_line..]
+                .iter()
+                .position(|l| l.starts_with(key))
+                .expect("key")
+            + 1;
+        assert_eq!(row, want_row, "{line}: not on `{key}`");
+        let at = lines[row - 1].as_bytes()[col - 1];
+        assert!(
+            matches!(at, b'[' | b'{' | b'"'),
+            "{line}: column {col} is not a value's start"
+        );
     }
 }
 

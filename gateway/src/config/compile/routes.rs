@@ -73,12 +73,12 @@ pub fn routes(
                         format!("route `{}`: `root` is only for static routes", rc.name),
                     ));
                 }
-                super::split::split(r, conf, base, pools, src, problems).map(|split| {
-                    RouteKind::Proxy {
+                super::split::split(r, conf, base, pools, strip_headers, src, problems).map(
+                    |split| RouteKind::Proxy {
                         split,
                         strip_prefix: rc.strip_prefix,
-                    }
-                })
+                    },
+                )
             }
             RouteKindConf::Static => match &rc.root {
                 None => {

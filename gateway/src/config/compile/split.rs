@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The split of proxy route `r`, or `None` with its problems recorded.
+/// The split of proxy route `r`, or `None` with its problems recorded. `stripped` are the
+/// identity headers removed from every request before a pool is chosen.
 pub fn split(
     r: &Spanned<RouteConf>,
     conf: &GatewayConf,
     base: &Path,
     pools: &HashMap<String, Arc<Pool>>,
+    stripped: &[http::HeaderName],
     src: &Source,
     problems: &mut Vec<Problem>,
 ) -> Option<Split> {
@@ -112,6 +114,15 @@ pub fn split(
         let pc = p.get_ref();
         let on = match (&pc.header, &pc.cookie) {
             (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(h) if stripped.contains(&h) => {
+                    problems.push(src.problem(
+                        p,
+                        format!(
+                            "route `{name}`: pin header `{h}` is an identity header, stripped from every request: it can never match"
+                        ),
+                    ));
+                    None
+                }
                 Ok(h) => Some(PinOn::Header(h)),
                 Err(_) => {
                     problems.push(src.problem(
@@ -204,7 +215,20 @@ pub fn split(
             }
         }
     });
-    (problems.len() == before).then(|| Split::new(members, pins, sticky))
+    if problems.len() > before {
+        return None;
+    }
+    let split = Split::new(members, pins, sticky);
+    if split.sticky().is_some()
+        && (0..split.members().len()).any(|i| split.sticky_cookie(i).is_none())
+    {
+        problems.push(src.problem(
+            r,
+            format!("route `{name}`: the sticky cookie's Path (the prefix) must be visible ASCII"),
+        ));
+        return None;
+    }
+    Some(split)
 }
 
 /// `upstreams`, `pin` and `sticky` on a static route.
