@@ -51,19 +51,17 @@ fn rate_headers(resp: &mut impl PutHeader, ctx: &Ctx) {
         return;
     };
     let h = ctx.rt.rate_limit_headers;
-    let reset = ctx
-        .rate
-        .reset_override
-        .unwrap_or_else(|| p.reset_secs(*remaining));
+    let values = p.headers(*remaining);
+    let reset = ctx.rate.reset_override.unwrap_or(values.reset_secs);
     if h.ratelimit {
-        resp.put(POLICY, p.policy_header());
+        resp.put(POLICY, values.policy);
         // A policy name that is no valid header value leaves this header out.
         if let Ok(v) = HeaderValue::try_from(format!("\"{}\";r={remaining};t={reset}", p.name)) {
             resp.put(STATE, v);
         }
     }
     if h.x_ratelimit {
-        resp.put(LIMIT, HeaderValue::from(p.limit()));
+        resp.put(LIMIT, HeaderValue::from(values.limit));
         resp.put(REMAINING, HeaderValue::from(*remaining));
         resp.put(RESET, HeaderValue::from(reset));
     }

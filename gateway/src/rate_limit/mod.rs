@@ -164,6 +164,24 @@ type Limiter = RateLimiter<LimitKey, StoreView, DefaultClock, StateInformationMi
 /// What this replica enforces: the policy's quota and burst divided by the replica count, and
 /// the limiter built for them. Swapped whole when the count changes, so a request never pairs
 /// one count with another count's limiter; the hot path pays one `ArcSwap` load.
+/// The rate-limit header values of one response ([`RatePolicy::headers`]).
+#[derive(Debug, Clone)]
+pub struct RateHeaders {
+    /// `RateLimit-Policy`.
+    pub policy: http::HeaderValue,
+    /// `X-RateLimit-Limit`: this replica's quota.
+    pub limit: u32,
+    /// Seconds until the bucket is full again.
+    pub reset_secs: u64,
+}
+
+/// Seconds until a bucket of `share` with `remaining` left is full again.
+fn reset_secs(share: &Share, window_secs: u64, remaining: u32) -> u64 {
+    let used = u64::from(share.burst.saturating_sub(remaining));
+    let per_unit = window_secs as f64 / f64::from(share.quota.max(1));
+    (used as f64 * per_unit).ceil() as u64
+}
+
 struct Share {
     replicas: u32,
     quota: u32,
@@ -510,17 +528,21 @@ impl RatePolicy {
         }
     }
 
+    /// The header values of a response that `remaining` requests are left, from one snapshot
+    /// of the share: a replica-count swap between two reads cannot pair one share's quota
+    /// with another's reset time.
+    pub fn headers(&self, remaining: u32) -> RateHeaders {
+        let share = self.share.load();
+        RateHeaders {
+            policy: share.policy_header.clone(),
+            limit: share.quota,
+            reset_secs: reset_secs(&share, self.limits.window_secs, remaining),
+        }
+    }
+
     /// `RateLimit-Policy` value: the quota this replica enforces.
     pub fn policy_header(&self) -> http::HeaderValue {
         self.share.load().policy_header.clone()
-    }
-
-    /// Seconds until a bucket with `remaining` left is full again (for `RateLimit: t=`).
-    pub fn reset_secs(&self, remaining: u32) -> u64 {
-        let share = self.share.load();
-        let used = u64::from(share.burst.saturating_sub(remaining));
-        let per_unit = self.limits.window_secs as f64 / f64::from(share.quota.max(1));
-        (used as f64 * per_unit).ceil() as u64
     }
 
     /// Limit for `X-RateLimit-Limit`: the quota this replica enforces.
