@@ -257,21 +257,26 @@ fn bad_replicas_values_are_refused_at_their_position() {
 
 // --- `gateway check --requests`: the dry run -------------------------------------------------
 
-/// Runs `gateway check -c conf --requests FILE [extra…]`; returns (exit code, stdout, stderr).
-fn dry_run(conf: &Path, requests: &Path, extra: &[&str]) -> (i32, String, String) {
+/// Runs `gateway check -c conf ARGS…`; returns (exit code, stdout, stderr).
+fn gateway_check(conf: &Path, args: &[&std::ffi::OsStr]) -> (i32, String, String) {
     let out = Command::new(gateway_bin())
         .args(["check", "-c"])
         .arg(conf)
-        .arg("--requests")
-        .arg(requests)
-        .args(extra)
+        .args(args)
         .output()
-        .expect("run gateway check --requests");
+        .expect("run gateway check");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `gateway check -c conf --requests FILE [extra…]`.
+fn dry_run(conf: &Path, requests: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["--requests".as_ref(), requests.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    gateway_check(conf, &args)
 }
 
 /// A requests file with `text` in a fresh directory (kept while the guard lives).
@@ -681,20 +686,9 @@ fn header_tokens(tokens: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Runs `gateway check -c new --diff old`; returns (exit code, stdout, stderr).
+/// Runs `gateway check -c new --diff old`.
 fn check_diff(new: &Path, old: &Path) -> (i32, String, String) {
-    let out = Command::new(gateway_bin())
-        .args(["check", "-c"])
-        .arg(new)
-        .arg("--diff")
-        .arg(old)
-        .output()
-        .expect("run gateway check --diff");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    gateway_check(new, &["--diff".as_ref(), old.as_os_str()])
 }
 
 #[test]
