@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Instructions and heap allocations per request, gateway vs nginx, under callgrind.
+
+Wall-clock CPU on a shared 2-vCPU box moves ±10 % between runs; instruction counts do not.
+Each server runs under `valgrind --tool=callgrind` (one worker thread / one worker process,
+the same site, certificate and backend as bench.py). Per scenario: a warm-up, counters
+zeroed (`callgrind_control -z`), exactly N requests from h2load, a dump (`callgrind_control
+-d`). Reported per request:
+
+- instructions (Ir) of the whole server process (every thread: the worker, timers, health
+  checks; the window is a few seconds, so background work is noise below 0.5 %);
+- heap allocations: calls into the allocator's entry points (gateway: mimalloc's
+  `mi_*alloc*` called from Rust; nginx: glibc `malloc`/`calloc`/`realloc`/`posix_memalign`,
+  which OpenSSL also uses), counting a call only when the caller is not itself an allocator
+  function, so one allocation counts once;
+- the same without the bulk memory functions (`memset`/`memcpy`/`memmove`): valgrind counts
+  each byte of a `rep stosb`/`rep movsb` as one instruction, where the CPU moves 32–64 bytes
+  a cycle, so a 4 KiB zero-fill reads as 4,096 instructions for ≈ 100 cycles of work;
+- the top functions by exclusive instructions (`<stamp>-counts/<server>-<scenario>.txt`):
+  the profile behind what `benches/RESULTS.md` says bounds each figure.
+
+Usage: python3 benches/counts.py [--only S1-1k-h1,S3-api] [-n 4000]
+(release binaries as `benches/run.sh` builds them; valgrind, h2load, nginx installed).
+"""
+import argparse, json, os, re, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench  # noqa: E402  (shared site, certificates and configs: both tools measure the same thing)
+
+ROOT = bench.ROOT
+OUT = ROOT / "target" / "bench-counts"
+ALLOC = {"malloc", "calloc", "realloc", "posix_memalign", "memalign", "aligned_alloc",
+         "mi_malloc", "mi_malloc_aligned", "mi_zalloc", "mi_zalloc_aligned", "mi_realloc",
+         "mi_realloc_aligned", "mi_calloc", "mi_malloc_small", "mi_heap_malloc"}
+# Bulk memory functions whose callers the profile lists (who zeroes or copies what).
+LIBC_BULK = ("__memset", "__memcpy", "__memmove", "memset", "memcpy", "memmove")
+
+
+def wait_port(port, timeout=300):
+    bench.wait_port(port, timeout)
+
+
+class Traced:
+    """A server under callgrind, instrumentation on from the start, dumps on request."""
+
+    def __init__(self, name, argv, port, env=None):
+        self.name, self.port = name, port
+        self.prefix = OUT / f"callgrind.{name}"
+        vg = ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
+              f"--callgrind-out-file={self.prefix}.%p", "--trace-children=no"]
+        log = open(OUT / f"{name}.log", "w")
+        self.proc = subprocess.Popen(vg + argv, stdout=log, stderr=log, env=env, start_new_session=True)
+        wait_port(port)
+        time.sleep(1)
+
+    def control(self, flag):
+        subprocess.run(["callgrind_control", flag, str(self.proc.pid)], check=True,
+                       capture_output=True, timeout=120)
+
+    def window(self, run):
+        """Zero the counters, run, dump; returns (dump path, what `run` returned)."""
+        before = set(OUT.glob(f"callgrind.{self.name}.{self.proc.pid}.*"))
+        self.control("-z")
+        out = run()
+        self.control("-d")
+        for _ in range(600):
+            new = set(OUT.glob(f"callgrind.{self.name}.{self.proc.pid}.*")) - before
+            if new:
+                time.sleep(0.5)  # the dump is written by the process; let it finish
+                return max(new, key=lambda p: p.stat().st_mtime), out
+            time.sleep(0.1)
+        raise SystemExit(f"{self.name}: no callgrind dump appeared")
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait()
+
+
+def parse_dump(path):
+    """Total Ir, allocator calls (from outside the allocator) and exclusive Ir per function."""
+    total, allocs, excl, callers = 0, 0, {}, {}
+    fn, cfn = None, None
+    pending_call = False
+    for line in open(path, errors="replace"):
+        if line.startswith("fn="):
+            fn, pending_call = line[3:].strip(), False
+        elif line.startswith("cfn="):
+            cfn = line[4:].strip()
+        elif line.startswith("calls="):
+            if cfn in ALLOC and fn not in ALLOC:
+                allocs += int(line[6:].split()[0])
+            pending_call = True  # the next cost line is inclusive cost of the call
+        elif line.startswith("totals:") or line.startswith("summary:"):
+            total = int(line.split()[1])
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if pending_call:
+                pending_call = False
+                if cfn.startswith(LIBC_BULK):
+                    parts = line.split()
+                    key = (cfn, fn)
+                    callers[key] = callers.get(key, 0) + int(parts[1])
+                continue
+            parts = line.split()
+            if len(parts) >= 2 and fn is not None:
+                excl[fn] = excl.get(fn, 0) + int(parts[1])
+    return total, allocs, excl, callers
+
+
+def h2load(url, n, conns, streams=1, h1=False, extra=()):
+    argv = ["h2load", "-n", str(n), "-c", str(conns), "-m", str(streams), *extra, url]
+    if h1:
+        argv.insert(1, "--h1")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=1800).stdout
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if not m or int(m.group(3)) != n:
+        raise SystemExit(f"h2load: not every request succeeded:\n{out}")
+    return n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="")
+    ap.add_argument("-n", type=int, default=20000, help="requests per scenario (handshakes: n/100)")
+    ap.add_argument("--servers", default="gateway,nginx")
+    ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (target/bench-counts)")
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not installed (benches/run.sh installs h2load and nginx; apt-get install valgrind)")
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    bench.OUT = OUT
+    gateway = str(ROOT / "target/release/gateway")
+    backend_bin = str(ROOT / "target/release/backend")
+    web = bench.make_site(OUT)
+    _, crt, key = bench.certs(OUT, gateway)
+    env = dict(os.environ, RUST_LOG="warn")
+    bport, upport = bench.free_port(), bench.free_port()
+    backend = bench.Server("backend", [backend_bin, "--listen", f"127.0.0.1:{bport}", "--db",
+                                       str(OUT / "bench.db"), "--keys-dir", str(OUT / "keys")], bport, env=env)
+    upstream = bench.Server("blob-upstream", ["nginx", "-c", str(bench.blob_upstream_conf(OUT, upport)),
+                                              "-g", "daemon off;"], upport)
+    n = args.n
+    asset = "/assets/s1k.0123abcd.js"
+    scenarios = [
+        ("S1-1k-h1", lambda p: h2load(f"https://localhost:{p}{asset}", n, 8, h1=True)),
+        ("S1-1k-h2", lambda p: h2load(f"https://localhost:{p}{asset}", n, 8, streams=10)),
+        ("S3-api", lambda p: h2load(f"https://localhost:{p}/api/healthz", n, 8, h1=True)),
+        # One request per connection: a full handshake each (no resumption: h2load keeps no
+        # session between clients).
+        ("S5-handshake", lambda p: h2load(f"https://localhost:{p}{asset}", n // 100, n // 100, h1=True)),
+    ]
+    if args.only:
+        keep = set(args.only.split(","))
+        scenarios = [s for s in scenarios if s[0] in keep]
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    res = ROOT / "benches" / "results"
+    prof_dir = res / f"{stamp}-counts"
+    prof_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    try:
+        for name in args.servers.split(","):
+            port = bench.free_port()
+            if name == "gateway":
+                admin = bench.free_port()
+                conf = bench.gateway_conf(OUT, web, crt, key, port, admin, bport, 1, jwt=False, blob_port=upport)
+                srv = Traced(name, [gateway, "run", "-c", str(conf)], port, env=env)
+            else:
+                conf = bench.nginx_conf(OUT, web, crt, key, port, bport, 1, upport)
+                srv = Traced(name, ["nginx", "-c", str(conf), "-g", "daemon off; master_process off;"], port)
+            try:
+                for sid, run in scenarios:
+                    run(port) if sid != "S5-handshake" else None  # warm-up (pools, caches, pages)
+                    dump, reqs = srv.window(lambda: run(port))
+                    total, allocs, excl, callers = parse_dump(dump)
+                    row = results.setdefault(sid, {})
+                    bulk = sum(v for k, v in excl.items() if k.startswith(LIBC_BULK))
+                    row[name] = {"requests": reqs, "instructions_per_req": total / reqs,
+                                 "bulk_memory_instructions_per_req": bulk / reqs,
+                                 "allocations_per_req": allocs / reqs}
+                    top = sorted(excl.items(), key=lambda kv: -kv[1])[:40]
+                    lines = [f"{sid} {name}: {total / reqs:,.0f} instructions/request, {allocs / reqs:.1f} allocations/request",
+                             "exclusive instructions per request, top 40 functions:"]
+                    lines += [f"{v / reqs:12,.0f}  {k}" for k, v in top]
+                    lines += ["", "callers of memset/memcpy/memmove, instructions per request (top 25):"]
+                    lines += [f"{v / reqs:12,.0f}  {c} <- {f}"
+                              for (c, f), v in sorted(callers.items(), key=lambda kv: -kv[1])[:25]]
+                    (prof_dir / f"{name}-{sid}.txt").write_text("\n".join(lines) + "\n")
+                    print(f"{sid:14} {name:8} {total / reqs:12,.0f} Ir/req ({bulk / reqs:,.0f} in memset/memcpy)"
+                          f"  {allocs / reqs:7.1f} allocs/req", flush=True)
+                    if not args.keep:
+                        dump.unlink()  # tens of MB each; --keep to inspect them with callgrind_annotate
+            finally:
+                srv.stop()
+    finally:
+        backend.stop()
+        upstream.stop()
+    lines = ["| scenario | gateway Ir/req | nginx Ir/req | ratio | ratio without memset/memcpy | gateway allocs/req | nginx allocs/req |",
+             "|---|---|---|---|---|---|---|"]
+    for sid, row in results.items():
+        g, x = row.get("gateway"), row.get("nginx")
+        if g and x:
+            row["instructions_ratio"] = g["instructions_per_req"] / x["instructions_per_req"]
+            net = lambda r: r["instructions_per_req"] - r["bulk_memory_instructions_per_req"]
+            row["instructions_ratio_without_bulk"] = net(g) / net(x)
+            lines.append(f"| {sid} | {g['instructions_per_req']:,.0f} | {x['instructions_per_req']:,.0f} | "
+                         f"{row['instructions_ratio']:.2f} | {row['instructions_ratio_without_bulk']:.2f} | "
+                         f"{g['allocations_per_req']:.1f} | {x['allocations_per_req']:.1f} |")
+    doc = {"timestamp": stamp, "requests": n, "tool": "valgrind callgrind", "results": results}
+    (res / f"{stamp}-counts.json").write_text(json.dumps(doc, indent=2))
+    (res / f"{stamp}-counts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
