@@ -454,6 +454,13 @@ def main():
                                                          f"127.0.0.1:{fport}", str(crt), str(key), str(threads)],
                                        fport, cpu=srv_cpu), fport)
     servers["backend-direct"] = (backend, bport)
+    # The #23 spike (gateway/examples/proxy_floor.rs): HTTPS -> backend with none of our phases,
+    # through pingora-proxy's proxy_1to1 and through pingora-core's pieces in one function.
+    for mode in ("proxy", "core"):
+        p = free_port()
+        servers[f"floor-{mode}"] = (Server(f"floor-{mode}", [str(ROOT / "target/release/examples/proxy_floor"), mode,
+                                                           f"127.0.0.1:{p}", str(crt), str(key), f"127.0.0.1:{bport}",
+                                                           str(threads)], p, cpu=srv_cpu), p)
     gw, ng = servers["gateway"][0], servers["nginx"][0]
     idle_rss = {"gateway": rss_kib(gw.pids()), "nginx": rss_kib(ng.pids())}
 
@@ -489,6 +496,10 @@ def main():
         ("S3-api-logs", "S3 with access logs on", logs, W("/api/healthz"), 32),
         ("REF-pingora-fixed", "pingora 0.9 + rustls answering a fixed 200, no gateway code: the floor under S1",
          ("pingora-fixed",), W("/"), None),
+        ("REF-floor-proxy", "/api/healthz through pingora-proxy with nothing of ours (proxy_floor proxy): the floor under S3",
+         ("floor-proxy", "nginx"), W("/api/healthz"), 32),
+        ("REF-floor-core", "/api/healthz through pingora-core's sessions and pool in one function (proxy_floor core)",
+         ("floor-core", "nginx"), W("/api/healthz"), 32),
         ("REF-backend-direct", "/api/healthz on the backend over plain HTTP: the ceiling for S3 (backend CPU)",
          ("backend-direct",),
          lambda p: lambda: wrk(f"http://127.0.0.1:{p}/api/healthz", secs, 32, cpu=gen_cpu), None),

@@ -19,7 +19,10 @@ zeroed (`callgrind_control -z`), exactly N requests from h2load, a dump (`callgr
 - the top functions by exclusive instructions (`<stamp>-counts/<server>-<scenario>.txt`):
   the profile behind what `benches/RESULTS.md` says bounds each figure.
 
-Usage: python3 benches/counts.py [--only S1-1k-h1,S3-api] [-n 4000]
+With `--syscalls` the servers run natively and `strace -c -f` counts system calls per request
+instead (`<stamp>-syscalls.{json,md}`).
+
+Usage: python3 benches/counts.py [--only S1-1k-h1,S3-api] [-n 20000] [--servers gateway,nginx,floor-proxy,floor-core] [--syscalls]
 (release binaries as `benches/run.sh` builds them; valgrind, h2load, nginx installed).
 """
 import argparse, json, os, re, shutil, signal, subprocess, sys, time
@@ -80,6 +83,35 @@ class Traced:
         self.proc.wait()
 
 
+class Straced:
+    """A server run natively; `window` counts its system calls (every thread) with strace."""
+
+    def __init__(self, name, argv, port, env=None):
+        self.name, self.port = name, port
+        log = open(OUT / f"{name}.log", "w")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True)
+        wait_port(port)
+        time.sleep(0.5)
+
+    def window(self, run):
+        out = OUT / f"strace-{self.name}.txt"
+        st = subprocess.Popen(["strace", "-c", "-f", "-p", str(self.proc.pid), "-o", str(out)],
+                              stderr=subprocess.DEVNULL)
+        time.sleep(1.5)  # attached to every thread before the first request
+        reqs = run()
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=60)
+        calls = {}
+        for line in out.read_text().splitlines():
+            parts = line.split()
+            # % time, seconds, usecs/call, calls, [errors,] syscall
+            if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
+                calls[parts[-1]] = int(parts[3])
+        return calls, reqs
+
+    stop = Traced.stop
+
+
 def parse_dump(path):
     """Total Ir, allocator calls (from outside the allocator) and exclusive Ir per function."""
     total, allocs, excl, callers = 0, 0, {}, {}
@@ -110,6 +142,24 @@ def parse_dump(path):
     return total, allocs, excl, callers
 
 
+def table(results):
+    """One markdown row per scenario and server, with ratios to nginx's figures of the run."""
+    lines = ["| scenario | server | Ir/req | vs nginx | Ir/req without memset/memcpy | vs nginx | allocations/req | vs nginx |",
+             "|---|---|---|---|---|---|---|---|"]
+    net = lambda r: r["instructions_per_req"] - r["bulk_memory_instructions_per_req"]
+    for sid, row in results.items():
+        x = row.get("nginx")
+        for name, r in row.items():
+            if not isinstance(r, dict):
+                continue
+            ratio = lambda a, b: f"{a / b:.2f}" if x and b else "–"
+            lines.append(f"| {sid} | {name} | {r['instructions_per_req']:,.0f} | "
+                         f"{ratio(r['instructions_per_req'], x and x['instructions_per_req'])} | {net(r):,.0f} | "
+                         f"{ratio(net(r), x and net(x))} | {r['allocations_per_req']:.1f} | "
+                         f"{ratio(r['allocations_per_req'], x and x['allocations_per_req'])} |")
+    return lines
+
+
 def h2load(url, n, conns, streams=1, h1=False, extra=()):
     argv = ["h2load", "-n", str(n), "-c", str(conns), "-m", str(streams), *extra, url]
     if h1:
@@ -125,12 +175,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
     ap.add_argument("-n", type=int, default=20000, help="requests per scenario (handshakes: n/100)")
-    ap.add_argument("--servers", default="gateway,nginx")
+    ap.add_argument("--servers", default="gateway,nginx",
+                    help="also floor-proxy / floor-core: the proxy-only spike of #23 (S3 only)")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (target/bench-counts)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="count system calls per request with strace (servers run natively) instead")
     args = ap.parse_args()
-    for tool in ("valgrind", "callgrind_control", "h2load", "nginx"):
+    for tool in (("strace",) if args.syscalls else ("valgrind", "callgrind_control")) + ("h2load", "nginx"):
         if not shutil.which(tool):
-            raise SystemExit(f"{tool} not installed (benches/run.sh installs h2load and nginx; apt-get install valgrind)")
+            raise SystemExit(f"{tool} not installed (benches/run.sh installs h2load and nginx; apt-get install valgrind strace)")
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
@@ -163,19 +216,35 @@ def main():
     prof_dir = res / f"{stamp}-counts"
     prof_dir.mkdir(parents=True, exist_ok=True)
     results = {}
+    Probe = Straced if args.syscalls else Traced
     try:
         for name in args.servers.split(","):
             port = bench.free_port()
             if name == "gateway":
                 admin = bench.free_port()
                 conf = bench.gateway_conf(OUT, web, crt, key, port, admin, bport, 1, jwt=False, blob_port=upport)
-                srv = Traced(name, [gateway, "run", "-c", str(conf)], port, env=env)
+                srv = Probe(name, [gateway, "run", "-c", str(conf)], port, env=env)
+            elif name.startswith("floor-"):
+                # The #23 spike (gateway/examples/proxy_floor.rs): proxying only, nothing of ours.
+                floor = str(ROOT / "target/release/examples/proxy_floor")
+                srv = Probe(name, [floor, name.removeprefix("floor-"), f"127.0.0.1:{port}", str(crt), str(key),
+                                   f"127.0.0.1:{bport}"], port, env=env)
             else:
                 conf = bench.nginx_conf(OUT, web, crt, key, port, bport, 1, upport)
-                srv = Traced(name, ["nginx", "-c", str(conf), "-g", "daemon off; master_process off;"], port)
+                srv = Probe(name, ["nginx", "-c", str(conf), "-g", "daemon off; master_process off;"], port)
             try:
                 for sid, run in scenarios:
+                    if name.startswith("floor-") and sid != "S3-api":
+                        continue  # the floors only proxy
                     run(port) if sid != "S5-handshake" else None  # warm-up (pools, caches, pages)
+                    if args.syscalls:
+                        calls, reqs = srv.window(lambda: run(port))
+                        per = {k: v / reqs for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v / reqs >= 0.01}
+                        results.setdefault(sid, {})[name] = {"requests": reqs, "syscalls_per_req": sum(calls.values()) / reqs,
+                                                            "by_syscall": per}
+                        print(f"{sid:14} {name:8} {sum(calls.values()) / reqs:6.2f} syscalls/req  "
+                              + " ".join(f"{k} {v:.2f}" for k, v in per.items()), flush=True)
+                        continue
                     dump, reqs = srv.window(lambda: run(port))
                     total, allocs, excl, callers = parse_dump(dump)
                     row = results.setdefault(sid, {})
@@ -200,17 +269,19 @@ def main():
     finally:
         backend.stop()
         upstream.stop()
-    lines = ["| scenario | gateway Ir/req | nginx Ir/req | ratio | ratio without memset/memcpy | gateway allocs/req | nginx allocs/req |",
-             "|---|---|---|---|---|---|---|"]
-    for sid, row in results.items():
-        g, x = row.get("gateway"), row.get("nginx")
-        if g and x:
-            row["instructions_ratio"] = g["instructions_per_req"] / x["instructions_per_req"]
-            net = lambda r: r["instructions_per_req"] - r["bulk_memory_instructions_per_req"]
-            row["instructions_ratio_without_bulk"] = net(g) / net(x)
-            lines.append(f"| {sid} | {g['instructions_per_req']:,.0f} | {x['instructions_per_req']:,.0f} | "
-                         f"{row['instructions_ratio']:.2f} | {row['instructions_ratio_without_bulk']:.2f} | "
-                         f"{g['allocations_per_req']:.1f} | {x['allocations_per_req']:.1f} |")
+    if args.syscalls:
+        lines = ["| scenario | server | syscalls/req | by call |", "|---|---|---|---|"]
+        for sid, row in results.items():
+            for name, r in row.items():
+                by = ", ".join(f"{k} {v:.2f}" for k, v in r["by_syscall"].items())
+                lines.append(f"| {sid} | {name} | {r['syscalls_per_req']:.2f} | {by} |")
+        (res / f"{stamp}-syscalls.json").write_text(json.dumps({"timestamp": stamp, "requests": n, "tool": "strace -c -f",
+                                                               "results": results}, indent=2))
+        (res / f"{stamp}-syscalls.md").write_text("\n".join(lines) + "\n")
+        prof_dir.rmdir()
+        print("\n".join(lines))
+        return
+    lines = table(results)
     doc = {"timestamp": stamp, "requests": n, "tool": "valgrind callgrind", "results": results}
     (res / f"{stamp}-counts.json").write_text(json.dumps(doc, indent=2))
     (res / f"{stamp}-counts.md").write_text("\n".join(lines) + "\n")

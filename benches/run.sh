@@ -10,7 +10,8 @@ command -v oha >/dev/null || cargo install --locked oha  # fixed-rate tail laten
 # package added to this command would change shared dependencies' features and rebuild all).
 cargo build --release -p gateway -p backend
 cargo build --release -p bench-chart
-cargo build --release -p gateway --example fixed_response  # the REF-pingora-fixed floor
+# The REF-pingora-fixed floor and the REF-floor-* proxies (the #23 spike).
+cargo build --release -p gateway --example fixed_response --example proxy_floor
 ulimit -n 65536 2>/dev/null || true
 python3 benches/bench.py "$@"
 latest=$(ls -t benches/results/*.json | head -1)

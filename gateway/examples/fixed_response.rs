@@ -7,12 +7,12 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
+
+mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -50,18 +50,9 @@ fn main() {
         eprintln!("THREADS must be a number");
         std::process::exit(2);
     });
-    let conf = ServerConf {
-        threads,
-        work_stealing: false,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = common::server(threads);
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Fixed);
-    let mut tls = pingora_core::listeners::tls::TlsSettings::intermediate(cert, key)
-        .unwrap_or_else(|e| {
-            eprintln!("TLS settings: {e}");
-            std::process::exit(1);
-        });
+    let mut tls = common::tls(cert, key);
     tls.enable_h2();
     svc.add_tls_with_settings(listen, None, tls);
     server.add_service(svc);

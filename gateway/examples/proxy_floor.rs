@@ -1,0 +1,136 @@
+//! The spike behind #23's choice between patching pingora's proxy loop and building the
+//! `/api` path on pingora-core's own pieces: two HTTPS → HTTP/1.1 reverse proxies with none
+//! of the gateway's phases, measured by `benches/counts.py` (instructions and allocations per
+//! request) beside the gateway and nginx.
+//!
+//! - `proxy`: pingora-proxy's `proxy_1to1` with a `ProxyHttp` that only names the peer — the
+//!   least any pingora-proxy gateway can spend per request.
+//! - `core`: the same exchange on pingora-core's sessions and upstream connection pool, in one
+//!   straight async function (read the request, take a pooled upstream session, write the
+//!   head, forward the body both ways, return the connection, keep the client's).
+//!
+//! `proxy_floor proxy|core LISTEN CERT KEY UPSTREAM [THREADS]` (default one worker thread).
+
+use async_trait::async_trait;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::Result;
+use pingora_proxy::{ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod common;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `proxy` mode: pingora-proxy with nothing but the peer.
+struct Floor(String);
+
+#[async_trait]
+impl ProxyHttp for Floor {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(
+            self.0.as_str(),
+            false,
+            String::new(),
+        )))
+    }
+}
+
+/// `core` mode: one request's exchange written against pingora-core directly.
+struct Core {
+    peer: HttpPeer,
+    pool: Connector,
+}
+
+impl Core {
+    /// Proxies one request; `false` when either side failed (the client connection closes).
+    async fn exchange(&self, http: &mut ServerSession) -> Result<bool> {
+        let req = Box::new(http.req_header().clone());
+        let (mut up, _reused) = self.pool.get_http_session(&self.peer).await?;
+        up.write_request_header(req).await?;
+        while let Some(chunk) = http.read_request_body().await? {
+            up.write_body(&chunk).await?;
+        }
+        up.finish_body().await?;
+        up.read_response().await?;
+        let resp = up.resp_header().cloned().map(Box::new);
+        let Some(resp) = resp else { return Ok(false) };
+        http.write_response_header(resp).await?;
+        while let Some(chunk) = up.read_body_bytes().await? {
+            http.write_response_body(chunk, false).await?;
+        }
+        http.finish_body().await?;
+        up.respect_keepalive();
+        if up.will_keepalive() {
+            self.pool
+                .release_http_session(up, &self.peer, Some(Duration::from_secs(60)))
+                .await;
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Core {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !http.read_request().await.ok()? {
+            return None;
+        }
+        http.set_keepalive(Some(60));
+        if !self.exchange(&mut http).await.unwrap_or(false) {
+            http.respond_error(502).await.ok()?;
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&http);
+        let stream = http.finish().await.ok()??;
+        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (mode, listen, cert, key, upstream, threads) = match args.as_slice() {
+        [_, m, l, c, k, u] => (m, l, c, k, u, 1),
+        [_, m, l, c, k, u, t] => (m, l, c, k, u, t.parse().unwrap_or(0)),
+        _ => (&args[0], &args[0], &args[0], &args[0], &args[0], 0),
+    };
+    if threads == 0 {
+        eprintln!("usage: proxy_floor proxy|core LISTEN CERT KEY UPSTREAM [THREADS]");
+        std::process::exit(2);
+    }
+    let mut server = common::server(threads);
+    let tls = || common::tls(cert, key);
+    match mode.as_str() {
+        "proxy" => {
+            let mut svc =
+                pingora_proxy::http_proxy_service(&server.configuration, Floor(upstream.clone()));
+            svc.add_tls_with_settings(listen, None, tls());
+            server.add_service(svc);
+        }
+        "core" => {
+            let app = Core {
+                peer: HttpPeer::new(upstream.as_str(), false, String::new()),
+                pool: Connector::new(None),
+            };
+            let mut svc = pingora_core::services::listening::Service::new("core".into(), app);
+            svc.add_tls_with_settings(listen, None, tls());
+            server.add_service(svc);
+        }
+        other => {
+            eprintln!("unknown mode {other}: proxy or core");
+            std::process::exit(2);
+        }
+    }
+    server.run_forever();
+}
