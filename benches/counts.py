@@ -176,7 +176,8 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("-n", type=int, default=20000, help="requests per scenario (handshakes: n/100)")
     ap.add_argument("--servers", default="gateway,nginx",
-                    help="also floor-proxy / floor-core: the proxy-only spike of #23 (S3 only)")
+                    help="also floor-proxy / floor-core: the proxy-only spike of #23 (S3 only); "
+                         "floor-fixed: pingora answering a constant (S1 only)")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (target/bench-counts)")
     ap.add_argument("--syscalls", action="store_true",
                     help="count system calls per request with strace (servers run natively) instead")
@@ -224,6 +225,10 @@ def main():
                 admin = bench.free_port()
                 conf = bench.gateway_conf(OUT, web, crt, key, port, admin, bport, 1, jwt=False, blob_port=upport)
                 srv = Probe(name, [gateway, "run", "-c", str(conf)], port, env=env)
+            elif name == "floor-fixed":
+                # pingora + rustls answering a constant `200 ok` (REF-pingora-fixed): the floor under S1.
+                fixed = str(ROOT / "target/release/examples/fixed_response")
+                srv = Probe(name, [fixed, f"127.0.0.1:{port}", str(crt), str(key), "1"], port, env=env)
             elif name.startswith("floor-"):
                 # The #23 spike (gateway/examples/proxy_floor.rs): proxying only, nothing of ours.
                 floor = str(ROOT / "target/release/examples/proxy_floor")
@@ -234,8 +239,10 @@ def main():
                 srv = Probe(name, ["nginx", "-c", str(conf), "-g", "daemon off; master_process off;"], port)
             try:
                 for sid, run in scenarios:
-                    if name.startswith("floor-") and sid != "S3-api":
-                        continue  # the floors only proxy
+                    if name == "floor-fixed" and not sid.startswith("S1"):
+                        continue  # the static floor only answers
+                    if name.startswith("floor-") and name != "floor-fixed" and sid != "S3-api":
+                        continue  # the proxy floors only proxy
                     run(port) if sid != "S5-handshake" else None  # warm-up (pools, caches, pages)
                     if args.syscalls:
                         calls, reqs = srv.window(lambda: run(port))
