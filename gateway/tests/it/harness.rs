@@ -10,12 +10,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, handed out once per test run. Taken below the
+/// kernel's ephemeral range: fake backends bind port 0 and keep it, so an ephemeral port
+/// written into a gateway config could be taken by one of them before the gateway binds it
+/// — the gateway then exits with "address in use" while the backend accepts on its port,
+/// and the test's TLS client meets a plain HTTP server ("tls handshake eof").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral.max(10_001));
+    let span = hi - lo;
+    // A different starting point per run, so runs back to back don't reuse TIME_WAIT ports.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = lo + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {lo}..{hi}");
 }
 
 /// Whether something accepts TCP on `addr`.
@@ -318,7 +337,7 @@ pub fn start_gateway_with_env(
         .stderr(log)
         .spawn()
         .expect("spawn gateway");
-    let gw = Gateway {
+    let mut gw = Gateway {
         child,
         https: ports.https,
         http: ports.http,
@@ -331,6 +350,11 @@ pub fn start_gateway_with_env(
         if accepts(&format!("127.0.0.1:{}", ports.https))
             && accepts(&format!("127.0.0.1:{}", ports.admin))
         {
+            // Something accepts; it must be this gateway, not another process on the port.
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
+                panic!("gateway exited ({status}) while its ports accept:\n{log}");
+            }
             return gw;
         }
         std::thread::sleep(Duration::from_millis(50));
