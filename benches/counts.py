@@ -23,7 +23,8 @@ With `--syscalls` the servers run natively and `strace -c -f` counts system call
 instead (`<stamp>-syscalls.{json,md}`).
 
 Usage: python3 benches/counts.py [--only S1-1k-h1,S3-api] [-n 20000] [--servers gateway,nginx,floor-proxy,floor-core] [--syscalls]
-(release binaries as `benches/run.sh` builds them; valgrind, h2load, nginx installed).
+(release binaries as `benches/run.sh` builds them; valgrind or strace, h2load and nginx are
+installed with apt-get when missing).
 """
 import argparse, json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
@@ -182,9 +183,9 @@ def main():
     ap.add_argument("--syscalls", action="store_true",
                     help="count system calls per request with strace (servers run natively) instead")
     args = ap.parse_args()
-    for tool in (("strace",) if args.syscalls else ("valgrind", "callgrind_control")) + ("h2load", "nginx"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not installed (benches/run.sh installs h2load and nginx; apt-get install valgrind strace)")
+    # Debian packages, installed only when missing (as benches/run.sh does).
+    subprocess.run(["bash", str(ROOT / "scripts/deps.sh"), "strace" if args.syscalls else "valgrind",
+                    "nghttp2-client", "nginx-light"], check=True)
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
