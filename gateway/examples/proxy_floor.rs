@@ -16,32 +16,42 @@ use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream
 use pingora_core::connectors::http::v1::Connector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::Result;
 use pingora_proxy::{ProxyHttp, Session};
 use std::sync::Arc;
-use std::time::Duration;
 
 mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `proxy` mode: pingora-proxy with nothing but the peer.
-struct Floor(String);
+/// `proxy` mode: pingora-proxy with nothing but the peer (built once, cloned per request).
+struct Floor(HttpPeer);
 
 #[async_trait]
 impl ProxyHttp for Floor {
     type CTX = ();
     fn new_ctx(&self) {}
     async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.0.as_str(),
-            false,
-            String::new(),
-        )))
+        Ok(Box::new(self.0.clone()))
     }
 }
+
+/// The hop-by-hop fields pingora-proxy strips from a request going upstream (it also removes
+/// the fields `Connection` names; the bench's requests name none).
+const HOP_BY_HOP: [&str; 10] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "http2-settings",
+];
 
 /// `core` mode: one request's exchange written against pingora-core directly.
 struct Core {
@@ -52,7 +62,12 @@ struct Core {
 impl Core {
     /// Proxies one request; `false` when either side failed (the client connection closes).
     async fn exchange(&self, http: &mut ServerSession) -> Result<bool> {
-        let req = Box::new(http.req_header().clone());
+        // What pingora-proxy does to every upstream request, so both modes do the same work.
+        let mut req = Box::new(http.req_header().clone());
+        req.set_version(http::Version::HTTP_11);
+        for name in HOP_BY_HOP {
+            req.remove_header(name);
+        }
         let (mut up, _reused) = self.pool.get_http_session(&self.peer).await?;
         up.write_request_header(req).await?;
         while let Some(chunk) = http.read_request_body().await? {
@@ -67,12 +82,12 @@ impl Core {
             http.write_response_body(chunk, false).await?;
         }
         http.finish_body().await?;
+        // As pingora-proxy: the peer's idle timeout (none by default); the pool checks that
+        // the exchange left the connection reusable.
         up.respect_keepalive();
-        if up.will_keepalive() {
-            self.pool
-                .release_http_session(up, &self.peer, Some(Duration::from_secs(60)))
-                .await;
-        }
+        self.pool
+            .release_http_session(up, &self.peer, self.peer.idle_timeout())
+            .await;
         Ok(true)
     }
 }
@@ -84,10 +99,10 @@ impl HttpServerApp for Core {
         mut http: ServerSession,
         _shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        // `read_request` keeps the client's keep-alive choice, as pingora-proxy does.
         if !http.read_request().await.ok()? {
             return None;
         }
-        http.set_keepalive(Some(60));
         if !self.exchange(&mut http).await.unwrap_or(false) {
             http.respond_error(502).await.ok()?;
             return None;
@@ -113,8 +128,8 @@ fn main() {
     let tls = || common::tls(cert, key);
     match mode.as_str() {
         "proxy" => {
-            let mut svc =
-                pingora_proxy::http_proxy_service(&server.configuration, Floor(upstream.clone()));
+            let peer = HttpPeer::new(upstream.as_str(), false, String::new());
+            let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Floor(peer));
             svc.add_tls_with_settings(listen, None, tls());
             server.add_service(svc);
         }

@@ -17,24 +17,38 @@ use std::time::{Duration, Instant};
 /// and the test's TLS client meets a plain HTTP server ("tls handshake eof").
 pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    let (lo, hi) = (10_000u32, ephemeral.max(10_001));
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Below the ephemeral range when there is room (10100 up: 10080 is a port browsers
+    // refuse), else above it.
+    let (lo, hi) = if eph_lo >= 10_100 + 2_000 {
+        (10_100, eph_lo)
+    } else {
+        (eph_hi + 1, 65_536)
+    };
+    assert!(
+        hi > lo + 1_000,
+        "no port range outside the ephemeral one ({eph_lo}-{eph_hi})"
+    );
     let span = hi - lo;
-    // A different starting point per run, so runs back to back don't reuse TIME_WAIT ports.
+    // A different starting point per run, so runs back to back start apart.
     let start = std::process::id().wrapping_mul(7919) % span;
-    for _ in 0..span {
-        let port = lo + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let Ok(port) = u16::try_from(port) else {
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Never wrap: a port handed out twice could reach two gateways.
+        assert!(n < span, "ran out of test ports in {lo}..{hi}");
+        let Ok(port) = u16::try_from(lo + (start + n) % span) else {
             continue;
         };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port in {lo}..{hi}");
 }
 
 /// Whether something accepts TCP on `addr`.

@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if stream_matches_peer(peer, &stream)
+                        if peer.matches_stream(&stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,26 +472,6 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
-/// Whether a pooled stream is connected to `peer`. A socket's peer address never changes, so
-/// the address its digest caches (one `getpeername` per connection) answers as well as asking
-/// the kernel on every reuse, which cost a syscall per reused request. A mismatch, a peer
-/// behind a proxy or at an unspecified address, and a stream without a digest all take
-/// [`Peer::matches_fd`] as before (which logs a mismatch).
-#[cfg(unix)]
-fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
-    use crate::protocols::l4::socket::SocketAddr as PeerAddr;
-    if peer.get_proxy().is_none() {
-        if let (Some(digest), PeerAddr::Inet(want)) = (stream.get_socket_digest(), peer.address()) {
-            if !want.ip().is_unspecified()
-                && matches!(digest.peer_addr(), Some(PeerAddr::Inet(got)) if got == want)
-            {
-                return true;
-            }
-        }
-    }
-    peer.matches_fd(stream.id())
-}
-
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

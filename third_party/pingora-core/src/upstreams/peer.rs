@@ -261,6 +261,31 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// Whether a pooled `stream` may serve this peer, checked before each reuse.
+    ///
+    /// By default the address the stream was opened for must equal this peer's. pingora's
+    /// connector records that address in the stream's socket digest when it connects (other
+    /// streams read it once with `getpeername`), so the check costs no syscall per reuse; it
+    /// guards against pool-key collisions between peers. Peers behind a proxy, unspecified
+    /// addresses, streams without a digest and any mismatch take [`Peer::matches_fd`], which
+    /// asks the kernel (and logs a mismatch). A peer that overrides `matches_fd` to be
+    /// stricter than an address match should override this method too.
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        if self.get_proxy().is_none() {
+            if let (Some(digest), SocketAddr::Inet(want)) =
+                (stream.get_socket_digest(), self.address())
+            {
+                if !want.ip().is_unspecified()
+                    && matches!(digest.peer_addr(), Some(SocketAddr::Inet(got)) if got == want)
+                {
+                    return true;
+                }
+            }
+        }
+        self.matches_fd(stream.id())
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
