@@ -84,15 +84,9 @@ class Traced:
         self.proc.wait()
 
 
-class Straced:
-    """A server run natively; `window` counts its system calls (every thread) with strace."""
-
-    def __init__(self, name, argv, port, env=None):
-        self.name, self.port = name, port
-        log = open(OUT / f"{name}.log", "w")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True)
-        wait_port(port)
-        time.sleep(0.5)
+class Straced(bench.Server):
+    """A server run natively (as bench.py runs it); `window` counts its system calls (every
+    thread) with strace."""
 
     def window(self, run):
         out = OUT / f"strace-{self.name}.txt"
@@ -109,8 +103,6 @@ class Straced:
             if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
                 calls[parts[-1]] = int(parts[3])
         return calls, reqs
-
-    stop = Traced.stop
 
 
 def parse_dump(path):
