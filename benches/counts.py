@@ -45,8 +45,9 @@ def wait_port(port, timeout=300):
     bench.wait_port(port, timeout)
 
 
-class Traced:
-    """A server under callgrind, instrumentation on from the start, dumps on request."""
+class Traced(bench.Server):
+    """A server under callgrind, instrumentation on from the start, dumps on request (stopped
+    as bench.py stops its servers)."""
 
     def __init__(self, name, argv, port, env=None):
         self.name, self.port = name, port
@@ -75,13 +76,6 @@ class Traced:
                 return max(new, key=lambda p: p.stat().st_mtime), out
             time.sleep(0.1)
         raise SystemExit(f"{self.name}: no callgrind dump appeared")
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        self.proc.wait()
 
 
 class Straced(bench.Server):
