@@ -5,15 +5,18 @@
 //!
 //! - `proxy`: pingora-proxy's `proxy_1to1` with a `ProxyHttp` that only names the peer — the
 //!   least any pingora-proxy gateway can spend per request.
+//! - `hybrid`: pingora-proxy's session and phases, the exchange of `core` run from
+//!   `request_filter` (what the gateway's `proxy::exchange` does).
 //! - `core`: the same exchange on pingora-core's sessions and upstream connection pool, in one
 //!   straight async function (read the request, take a pooled upstream session, write the
 //!   head, forward the body both ways, return the connection, keep the client's).
 //!
-//! `proxy_floor proxy|core LISTEN CERT KEY UPSTREAM [THREADS]` (default one worker thread).
+//! `proxy_floor proxy|hybrid|core LISTEN CERT KEY UPSTREAM [THREADS]` (default one worker thread).
 
 use async_trait::async_trait;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
@@ -60,9 +63,9 @@ struct Core {
 }
 
 impl Core {
-    /// Proxies one request; `false` when either side failed (the client connection closes).
-    async fn exchange(&self, http: &mut ServerSession) -> Result<bool> {
-        // What pingora-proxy does to every upstream request, so both modes do the same work.
+    /// Sends the request upstream and reads the response head.
+    async fn send(&self, http: &mut ServerSession) -> Result<UpstreamSession> {
+        // What pingora-proxy does to every upstream request, so all modes do the same work.
         let mut req = Box::new(http.req_header().clone());
         req.set_version(http::Version::HTTP_11);
         for name in HOP_BY_HOP {
@@ -75,6 +78,12 @@ impl Core {
         }
         up.finish_body().await?;
         up.read_response().await?;
+        Ok(up)
+    }
+
+    /// Proxies one request; `false` when either side failed (the client connection closes).
+    async fn exchange(&self, http: &mut ServerSession) -> Result<bool> {
+        let mut up = self.send(http).await?;
         let resp = up.resp_header().cloned().map(Box::new);
         let Some(resp) = resp else { return Ok(false) };
         http.write_response_header(resp).await?;
@@ -89,6 +98,39 @@ impl Core {
             .release_http_session(up, &self.peer, self.peer.idle_timeout())
             .await;
         Ok(true)
+    }
+}
+
+/// `hybrid` mode: pingora-proxy's session and phases, the exchange done by `request_filter`
+/// on pingora-core's pool (what the gateway can do without leaving pingora-proxy).
+struct Hybrid(Core);
+
+#[async_trait]
+impl ProxyHttp for Hybrid {
+    type CTX = ();
+    fn new_ctx(&self) {}
+    async fn request_filter(&self, s: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let core = &self.0;
+        let mut up = core.send(s.as_downstream_mut()).await?;
+        let Some(resp) = up.resp_header().cloned().map(Box::new) else {
+            return pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InvalidHTTPHeader,
+                "no head",
+            );
+        };
+        s.write_response_header(resp, false).await?;
+        while let Some(chunk) = up.read_body_bytes().await? {
+            s.write_response_body(Some(chunk), false).await?;
+        }
+        s.write_response_body(None, true).await?;
+        up.respect_keepalive();
+        core.pool
+            .release_http_session(up, &core.peer, core.peer.idle_timeout())
+            .await;
+        Ok(true)
+    }
+    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(self.0.peer.clone()))
     }
 }
 
@@ -121,7 +163,7 @@ fn main() {
         _ => (&args[0], &args[0], &args[0], &args[0], &args[0], 0),
     };
     if threads == 0 {
-        eprintln!("usage: proxy_floor proxy|core LISTEN CERT KEY UPSTREAM [THREADS]");
+        eprintln!("usage: proxy_floor proxy|hybrid|core LISTEN CERT KEY UPSTREAM [THREADS]");
         std::process::exit(2);
     }
     let mut server = common::server(threads);
@@ -142,8 +184,17 @@ fn main() {
             svc.add_tls_with_settings(listen, None, tls());
             server.add_service(svc);
         }
+        "hybrid" => {
+            let app = Hybrid(Core {
+                peer: HttpPeer::new(upstream.as_str(), false, String::new()),
+                pool: Connector::new(None),
+            });
+            let mut svc = pingora_proxy::http_proxy_service(&server.configuration, app);
+            svc.add_tls_with_settings(listen, None, tls());
+            server.add_service(svc);
+        }
         other => {
-            eprintln!("unknown mode {other}: proxy or core");
+            eprintln!("unknown mode {other}: proxy, hybrid or core");
             std::process::exit(2);
         }
     }

@@ -85,7 +85,10 @@ pub fn build(
     server.bootstrap();
 
     let edge = crate::conn::EdgeApp::new(
-        pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
+        pingora_proxy::http_proxy(
+            &server.configuration,
+            Gateway::new(shared.clone(), &server.configuration),
+        ),
         shared.clone(),
         crate::conn::tls::acceptor(shared.clone()),
     );

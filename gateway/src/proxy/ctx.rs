@@ -74,6 +74,9 @@ pub struct Upstream {
     pub started: Option<Instant>,
     /// Milliseconds from peer choice to the upstream response head.
     pub ms: Option<f64>,
+    /// Proxied by [`super::exchange`] (not pingora-proxy): its failures are logged as proxy
+    /// failures by `fail_to_proxy`, not as pingora's "Fail to filter request".
+    pub direct: bool,
 }
 
 /// What the request cost and got.

@@ -22,6 +22,7 @@ pub mod answer;
 pub mod auth;
 pub mod cors;
 pub mod ctx;
+pub mod exchange;
 pub mod hygiene;
 pub mod rate_limit;
 pub mod response;
@@ -36,6 +37,8 @@ use answer::Verdict;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::Ctx;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
+use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, OrErr as _, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -45,13 +48,27 @@ use rate_limit::Stage;
 /// The gateway's proxy service logic.
 pub struct Gateway {
     runtime: SharedRuntime,
+    /// The upstream connection pool of [`exchange`] (upgrades keep pingora-proxy's own).
+    pool: TransportConnector,
 }
 
 impl Gateway {
-    /// Proxy logic over the shared runtime.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Self { runtime }
+    /// Proxy logic over the shared runtime; the pool sized as the server configures it.
+    pub fn new(runtime: SharedRuntime, conf: &ServerConf) -> Self {
+        Self {
+            runtime,
+            pool: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
+        }
     }
+}
+
+/// Counts request body bytes against the body limit: 413 once over it.
+pub fn count_body(ctx: &mut Ctx, len: usize) -> Result<()> {
+    ctx.acct.body_bytes += len as u64;
+    if ctx.acct.body_bytes > ctx.rt.limits.max_body_bytes {
+        return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
+    }
+    Ok(())
 }
 
 /// Returns from the enclosing pipeline with the answer when a step gives one.
@@ -219,6 +236,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         match request_pipeline(session, ctx).await {
+            Verdict::Continue if exchange::eligible(session) => {
+                ctx.upstream.direct = true;
+                exchange::forward(&self.pool, session, ctx).await?;
+                Ok(true)
+            }
             Verdict::Continue => Ok(false),
             Verdict::Respond(answer) => {
                 respond(session, ctx, answer).await?;
@@ -234,13 +256,10 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.acct.body_bytes += b.len() as u64;
-            if ctx.acct.body_bytes > ctx.rt.limits.max_body_bytes {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
-            }
+        match body {
+            Some(b) => count_body(ctx, b.len()),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -325,11 +344,22 @@ impl ProxyHttp for Gateway {
                 tracing::debug!(error = %we, "could not write error response");
             }
         }
+        if ctx.upstream.direct {
+            // What pingora-proxy logs for a failed proxy attempt (its own line is suppressed).
+            tracing::error!(
+                "Fail to proxy: {e}, status: {code}, {}",
+                session.request_summary()
+            );
+        }
         ctx.acct.status = code;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.upstream.direct
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

@@ -200,9 +200,11 @@ pub fn request(
 
 /// Headers that describe one hop only and must not be forwarded (RFC 9110 §7.6.1).
 /// Names, not strings: a `&str` is parsed into a header name on every removal.
-const HOP_BY_HOP: [http::HeaderName; 7] = [
+const HOP_BY_HOP: [http::HeaderName; 8] = [
     http::HeaderName::from_static("keep-alive"),
     http::HeaderName::from_static("proxy-connection"),
+    // Only meaningful with an `h2c` upgrade, which is never passed on.
+    http::HeaderName::from_static("http2-settings"),
     http::header::TE,
     http::header::TRAILER,
     http::header::TRANSFER_ENCODING,
@@ -454,6 +456,7 @@ mod tests {
             "upgrade",
             "forwarded",
             "connection",
+            "http2-settings",
         ];
         for name in alone {
             let mut h = http::HeaderMap::new();

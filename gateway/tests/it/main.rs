@@ -15,3 +15,4 @@ mod reload;
 mod split;
 mod static_files;
 mod tls;
+mod upstream_wire;
