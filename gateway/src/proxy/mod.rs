@@ -4,7 +4,7 @@
 //! | phase | what runs | module |
 //! |---|---|---|
 //! | `new_ctx` | take the runtime snapshot (one per request) | [`ctx`] |
-//! | `request_filter` | request id, client IP (trusted proxies) → hygiene (400/405/413/414/417/431) → one normalised path → route match (404) → strip identity headers → maintenance (503) → IP/header rate limits (429) → CORS preflight (204/403) → JWT (401/403) → subject rate limits (429) → static answer, or fall through to the proxy | [`hygiene`], [`routing`], [`rate_limit`], [`cors`], [`auth`], [`static_files`] |
+//! | `request_filter` | request id, client IP (trusted proxies) → hygiene (400/405/413/414/417/431) → one normalised path → route match (404) → strip identity headers → maintenance (503) → IP/header rate limits (429) → CORS preflight (204/403) → JWT (401/403) → subject rate limits (429) → static answer; or an ordinary proxied request exchanged on pingora-core's pool (the phases below, run by it), or fall through to pingora-proxy (upgrades, `Expect`, nominated `Connection` fields) | [`hygiene`], [`routing`], [`rate_limit`], [`cors`], [`auth`], [`static_files`], [`exchange`] |
 //! | `request_body_filter` | count body bytes against the limit (413 for chunked bodies) | here |
 //! | `upstream_peer` | pick a healthy peer of the route's pool; on retry, another one | [`upstream`] |
 //! | `upstream_request_filter` | hop-by-hop stripping, `X-Forwarded-*`, request id, identity and its signature, prefix strip, then the route's request header rules | [`upstream`] |
