@@ -455,8 +455,9 @@ def main():
                                        fport, cpu=srv_cpu), fport)
     servers["backend-direct"] = (backend, bport)
     # The #23 spike (gateway/examples/proxy_floor.rs): HTTPS -> backend with none of our phases,
-    # through pingora-proxy's proxy_1to1 and through pingora-core's pieces in one function.
-    for mode in ("proxy", "core"):
+    # through pingora-proxy's proxy_1to1, through pingora-core's pieces in one function, and
+    # that function run from pingora-proxy's request_filter (what proxy::exchange does).
+    for mode in ("proxy", "hybrid", "core"):
         p = free_port()
         servers[f"floor-{mode}"] = (Server(f"floor-{mode}", [str(ROOT / "target/release/examples/proxy_floor"), mode,
                                                            f"127.0.0.1:{p}", str(crt), str(key), f"127.0.0.1:{bport}",
@@ -500,6 +501,8 @@ def main():
          ("floor-proxy", "nginx"), W("/api/healthz"), 32),
         ("REF-floor-core", "/api/healthz through pingora-core's sessions and pool in one function (proxy_floor core)",
          ("floor-core", "nginx"), W("/api/healthz"), 32),
+        ("REF-floor-hybrid", "/api/healthz exchanged on pingora-core's pool from pingora-proxy's request_filter (proxy_floor hybrid)",
+         ("floor-hybrid", "nginx"), W("/api/healthz"), 32),
         ("REF-backend-direct", "/api/healthz on the backend over plain HTTP: the ceiling for S3 (backend CPU)",
          ("backend-direct",),
          lambda p: lambda: wrk(f"http://127.0.0.1:{p}/api/healthz", secs, 32, cpu=gen_cpu), None),

@@ -22,7 +22,7 @@ zeroed (`callgrind_control -z`), exactly N requests from h2load, a dump (`callgr
 With `--syscalls` the servers run natively and `strace -c -f` counts system calls per request
 instead (`<stamp>-syscalls.{json,md}`).
 
-Usage: python3 benches/counts.py [--only S1-1k-h1,S3-api] [-n 20000] [--servers gateway,nginx,floor-proxy,floor-core] [--syscalls]
+Usage: python3 benches/counts.py [--only S1-1k-h1,S3-api] [-n 20000] [--servers gateway,nginx,floor-proxy,floor-core,floor-hybrid] [--syscalls]
 (release binaries as `benches/run.sh` builds them; valgrind or strace, h2load and nginx are
 installed with apt-get when missing).
 """
@@ -163,7 +163,7 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("-n", type=int, default=20000, help="requests per scenario (handshakes: n/100)")
     ap.add_argument("--servers", default="gateway,nginx",
-                    help="also floor-proxy / floor-core: the proxy-only spike of #23 (S3 only); "
+                    help="also floor-proxy / floor-core / floor-hybrid: the proxy-only spike of #23 (S3 only); "
                          "floor-fixed: pingora answering a constant (S1 only)")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps (target/bench-counts)")
     ap.add_argument("--syscalls", action="store_true",

@@ -1,24 +1,26 @@
 //! The proxied exchange of an ordinary request, written on pingora-core's upstream pool and
 //! HTTP/1.1 client session instead of pingora-proxy's `proxy_1to1` (#23): one straight async
-//! function — take a pooled connection, write the head, stream the request body, read the
-//! response, run the same response phase, stream the body down, return the connection.
+//! function — take a pooled connection, write the head, read the response, run the same
+//! response phase, stream the body down, return the connection.
 //!
 //! Why: `proxy_1to1` joins a downstream and an upstream task through channels and re-polls
 //! the idle client read on every wake; measured on the spike (`benches/counts.py`, S3), the
 //! same exchange done here costs ≈ 20 % fewer instructions and allocations a request than
 //! through `proxy_1to1` (RESULTS.md, session 13).
 //!
-//! What stays on `proxy_1to1` ([`eligible`] says no): protocol upgrades (WebSocket),
-//! `Expect: 100-continue`, targets that are not origin-form, and HTTP/2 requests whose `Host`
-//! and `:authority` disagree — the cases where pingora-proxy's concurrency or authority
-//! reconciliation is the behaviour we want. Everything else keeps the behaviour the
-//! `ProxyHttp` phases give: the same peer choice and retries on connect failure, the same
-//! upstream head ([`super::upstream::request`]), body limit, response phase
-//! ([`super::response::filter`]) and body module, and errors through `fail_to_proxy`.
+//! Only requests without a body take it ([`eligible`]). A request body must go up while the
+//! response may already come down — a backend answers 413 or 401 early and closes, or
+//! answers while still reading — which is `proxy_1to1`'s two-task design, so bodies stay
+//! there, as do protocol upgrades (WebSocket), `Expect: 100-continue`, fields nominated by
+//! `Connection`, targets that are not origin-form, and HTTP/2 requests whose `Host` and
+//! `:authority` disagree. Everything else keeps the behaviour the `ProxyHttp` phases give:
+//! the same peer choice and retries on connect failure, the same upstream head
+//! ([`super::upstream::request`]), response phase ([`super::response::filter`]) and body
+//! module, and errors through `fail_to_proxy`.
 //!
-//! Not done here, deliberately: watching the client for an abort while the backend thinks
-//! (pingora-proxy polls the client read for it, and that poll is much of what this path
-//! saves); the backend's read timeout bounds such a request instead.
+//! A client that goes away while the backend thinks ends the exchange as in pingora-proxy,
+//! but is watched only once the backend has taken [`WATCH_CLIENT_AFTER`]: pingora-proxy
+//! polls the client's read on every wake, and that poll is much of what this path saves.
 
 use super::ctx::Ctx;
 use http::header;
@@ -26,12 +28,14 @@ use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::authority::validate_request_authority;
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer as _};
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+use pingora_timeout::fast_timeout::fast_sleep;
+use std::time::Duration;
 
 /// Whether this request may take the straight path (see the module docs for what may not).
-pub fn eligible(session: &Session) -> bool {
+pub fn eligible(session: &mut Session) -> bool {
     let req = session.req_header();
     let h = &req.headers;
     if h.contains_key(header::UPGRADE) || h.contains_key(header::EXPECT) || !plain_connection(h) {
@@ -42,11 +46,12 @@ pub fn eligible(session: &Session) -> bool {
     }
     // pingora-proxy sends an HTTP/2 request's `:authority` as `Host`; we send the `Host` the
     // route was chosen by. Same value or no `Host`: the same request either way.
-    match (req.uri.authority(), h.get(header::HOST)) {
+    let same_authority = match (req.uri.authority(), h.get(header::HOST)) {
         (Some(a), Some(host)) => host.as_bytes() == a.as_str().as_bytes(),
         (Some(a), None) => !a.as_str().contains('@'),
         (None, _) => true,
-    }
+    };
+    same_authority && session.is_body_empty()
 }
 
 /// Whether `Connection` names nothing but `close`/`keep-alive`: the fields a client nominates
@@ -66,20 +71,19 @@ fn plain_connection(h: &http::HeaderMap) -> bool {
 }
 
 /// Proxies the request; `Ok` once the whole response is written. An error carries its side
-/// (`into_up`/`into_down`) or its status (`HTTPStatus`) for `fail_to_proxy`.
+/// (`into_up`/[`down`]) or its status (`HTTPStatus`) for `fail_to_proxy`.
 pub async fn forward(
     pool: &TransportConnector,
     session: &mut Session,
     ctx: &mut Ctx,
 ) -> Result<()> {
-    let body_empty = session.is_body_empty();
     let (mut up, mut reused, mut peer) = connect(pool, session, ctx).await?;
     loop {
-        match send_request(&mut up, session, ctx, body_empty, &peer).await {
+        match send_request(&mut up, session, ctx, &peer).await {
             Ok(()) => break,
             // A pooled connection the backend closed while it sat idle: once more on a new
             // connection to the same peer (not another peer: this one is not at fault).
-            Err(e) if may_retry_stale(&e, reused, body_empty, session) => {
+            Err(e) if may_retry_stale(&e, reused, session) => {
                 (up, reused) = match open(pool, &peer, true).await {
                     Ok(u) => u,
                     Err(e) => {
@@ -101,20 +105,41 @@ pub async fn forward(
     Ok(())
 }
 
-/// Head, body, and the response head read.
+/// The head, and the response head read.
 async fn send_request(
     up: &mut Upstream,
     session: &mut Session,
-    ctx: &mut Ctx,
-    body_empty: bool,
+    ctx: &Ctx,
     peer: &HttpPeer,
 ) -> Result<()> {
-    send_head(up, session, ctx, body_empty, peer).await?;
-    if !body_empty {
-        send_body(up, session, ctx).await?;
+    send_head(up, session, ctx, peer).await?;
+    read_head(up, session).await
+}
+
+/// How long the backend may think before the client is also watched for an abort. Below it
+/// a request pays for a timer only, not for a read on the client's connection per wake.
+const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(50);
+
+/// Reads the response head; once it takes longer than [`WATCH_CLIENT_AFTER`], a client that
+/// goes away (HTTP/1.1 close, HTTP/2 reset, bytes after its request) ends the exchange, as
+/// it does in pingora-proxy, and the upstream connection is dropped, not pooled.
+async fn read_head(up: &mut Upstream, session: &mut Session) -> Result<()> {
+    let read = up.read_response();
+    tokio::pin!(read);
+    tokio::select! {
+        biased;
+        r = &mut read => return r.map(drop).map_err(|e| e.into_up()),
+        () = fast_sleep(WATCH_CLIENT_AFTER) => {}
     }
-    up.read_response().await.map_err(|e| e.into_up())?;
-    Ok(())
+    tokio::select! {
+        biased;
+        r = &mut read => r.map(drop).map_err(|e| e.into_up()),
+        gone = session.downstream_session.read_body_or_idle(true) => match gone {
+            Err(e) => Err(down(e)),
+            // Not a way it ends once the request is read; wait for the head alone.
+            Ok(_) => read.await.map(drop).map_err(|e| e.into_up()),
+        },
+    }
 }
 
 /// A connection to the peer: pooled unless `fresh`; `true` with it when it was pooled.
@@ -158,31 +183,38 @@ async fn connect(
     }
 }
 
-/// A failure on a reused connection before anything of the request body was read: the
-/// backend closed it while pooled; pingora-proxy retries such an idempotent request too.
-fn may_retry_stale(e: &Error, reused: bool, body_empty: bool, session: &Session) -> bool {
+/// A failure on a reused connection before any response byte: the backend closed it while
+/// pooled; pingora-proxy retries such an idempotent request too (never a POST: the backend
+/// may have acted on it).
+fn may_retry_stale(e: &Error, reused: bool, session: &Session) -> bool {
     let mut retry = e.retry;
     retry.decide_reuse(reused);
-    reused && body_empty && retry.retry() && session.req_header().method.is_idempotent()
+    reused
+        && retry.retry()
+        && e.esource == ErrorSource::Upstream
+        && session.req_header().method.is_idempotent()
 }
 
-/// The upstream head: the downstream head rewritten by [`super::upstream::request`], framed
-/// for HTTP/1.1 (a body without a length goes chunked, as pingora-proxy frames it).
-async fn send_head(
-    up: &mut Upstream,
-    session: &Session,
-    ctx: &Ctx,
-    body_empty: bool,
-    peer: &HttpPeer,
-) -> Result<()> {
+/// An error of writing to the client; one our own body module raised keeps its source.
+fn down(mut e: Box<Error>) -> Box<Error> {
+    if e.esource == ErrorSource::Unset {
+        e.esource = ErrorSource::Downstream;
+    }
+    e
+}
+
+/// The upstream head: the downstream head rewritten by [`super::upstream::request`].
+async fn send_head(up: &mut Upstream, session: &Session, ctx: &Ctx, peer: &HttpPeer) -> Result<()> {
     let mut req: RequestHeader = session.req_header().clone();
     req.set_version(http::Version::HTTP_11);
     super::upstream::request(session.req_header(), false, &mut req, ctx)?;
-    if !body_empty
-        && !req.headers.contains_key(header::CONTENT_LENGTH)
-        && !req.headers.contains_key(header::TRANSFER_ENCODING)
-    {
-        req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    // An HTTP/2 request's URI carries its `:authority`; going up as HTTP/1.1 the `Host`
+    // field (which a route rule may have set) is the authority, so the URI keeps only the
+    // origin form — as pingora-proxy's reconciliation ends up sending it.
+    if req.uri.authority().is_some() {
+        if let Some(pq) = req.uri.path_and_query().cloned() {
+            req.set_uri(http::Uri::from(pq));
+        }
     }
     // The check pingora-proxy makes of the head its filters produced.
     validate_request_authority(&req).map_err(|e| e.into_in())?;
@@ -190,26 +222,6 @@ async fn send_head(
         .await
         .map(|_| ())
         .map_err(|e| e.into_up().more_context(format!("Peer: {peer}")))
-}
-
-/// Streams the request body up, counted against the body limit (413) as
-/// `request_body_filter` counts it.
-async fn send_body(up: &mut Upstream, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-    while let Some(chunk) = session
-        .read_request_body()
-        .await
-        .map_err(|e| e.into_down())?
-    {
-        // An empty chunk (an HTTP/2 END_STREAM frame without data) written to a chunked
-        // body would be its terminator.
-        if chunk.is_empty() {
-            continue;
-        }
-        super::count_body(ctx, chunk.len())?;
-        up.write_body(&chunk).await.map_err(|e| e.into_up())?;
-    }
-    up.finish_body().await.map_err(|e| e.into_up())?;
-    Ok(())
 }
 
 /// The response: informational heads passed on, the final head through the response phase
@@ -238,7 +250,7 @@ async fn relay_response(up: &mut Upstream, session: &mut Session, ctx: &mut Ctx)
         session
             .write_response_header(head, end)
             .await
-            .map_err(|e| e.into_down())?;
+            .map_err(down)?;
         if !informational {
             break;
         }
@@ -251,7 +263,7 @@ async fn relay_response(up: &mut Upstream, session: &mut Session, ctx: &mut Ctx)
             session
                 .write_response_body(chunk, end)
                 .await
-                .map_err(|e| e.into_down())?;
+                .map_err(down)?;
             if end {
                 break;
             }

@@ -296,6 +296,17 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // pingora-proxy passes a `101` on when neither side asked to upgrade; a backend must
+        // not switch a connection the client did not ask to switch.
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !session.is_upgrade_req()
+        {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "101 without an upgrade request",
+            )
+            .into_up());
+        }
         response::filter(session, upstream_response, ctx);
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! What a backend's HTTP/1.1 wire can send, relayed to clients over HTTP/1.1 and HTTP/2:
-//! close-delimited HTTP/1.0 answers, informational heads, an unasked `101`, keep-alive
-//! connections dropped without a word; and how request bodies are framed going up. A
+//! close-delimited HTTP/1.0 answers, informational heads, an unasked `101`, a body cut
+//! short, a pooled connection closed under a request, no answer while the client leaves;
+//! how request bodies are framed going up, and the `Host` a route rule sets. A
 //! scripted backend (raw TCP, one answer per path) records every request it reads.
 
 use crate::harness::*;
@@ -11,9 +12,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Request heads and bodies the scripted backend read, in order.
 type Seen = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
-/// The answer for `path`, and whether the backend closes the connection after it.
-fn script(path: &str) -> (&'static [u8], bool) {
-    match path {
+/// What the scripted backend does with a request.
+enum Act {
+    /// Writes the bytes; closes the connection after them when `true`.
+    Answer(&'static [u8], bool),
+    /// Closes the connection without answering.
+    Close,
+    /// Never answers; records `EOF <path>` when the gateway closes the connection.
+    Hang,
+}
+
+/// The answer for `path`, the `nth` request (from 0) on its connection.
+fn script(path: &str, nth: usize) -> Act {
+    let (bytes, close): (&'static [u8], bool) = match path {
+        // A keep-alive connection that is closed, unanswered, when it is used again: what a
+        // backend's idle timeout does to a pooled connection at the wrong moment.
+        "/api/stale" if nth > 0 => return Act::Close,
+        "/api/hang" => return Act::Hang,
+        "/api/short" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+            true,
+        ),
         // HTTP/1.0 without a length: the body ends when the connection does.
         "/api/http10" => (
             b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold-style body",
@@ -31,7 +50,8 @@ fn script(path: &str) -> (&'static [u8], bool) {
         // Keep-alive by HTTP/1.1's default, then closed anyway.
         "/api/drop" => (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndrop", true),
         _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
-    }
+    };
+    Act::Answer(bytes, close)
 }
 
 /// Reads from `sock` into `buf` until `buf` holds `n` bytes; false on EOF.
@@ -116,15 +136,31 @@ async fn scripted_backend() -> (SocketAddr, Seen) {
             let record = record.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                let mut nth = 0;
                 while let Some((head, body)) = read_request(&mut sock, &mut buf).await {
                     let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let path = path.split('?').next().unwrap_or("").to_string();
                     if path != "/healthz" {
                         record.lock().expect("seen").push((head, body));
                     }
-                    let (answer, close) = script(&path);
-                    if sock.write_all(answer).await.is_err() || close {
-                        return;
+                    match script(&path, nth) {
+                        Act::Answer(bytes, close) => {
+                            if sock.write_all(bytes).await.is_err() || close {
+                                return;
+                            }
+                        }
+                        Act::Close => return,
+                        Act::Hang => {
+                            let mut b = [0u8; 64];
+                            while matches!(sock.read(&mut b).await, Ok(n) if n > 0) {}
+                            record
+                                .lock()
+                                .expect("seen")
+                                .push((format!("EOF {path}"), Vec::new()));
+                            return;
+                        }
                     }
+                    nth += 1;
                 }
             });
         }
@@ -132,9 +168,16 @@ async fn scripted_backend() -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
-fn conf(dir: &std::path::Path, ports: &Ports, certs: &TestCerts, backend: SocketAddr) -> String {
+/// The gateway's config: one `/api` proxy route (with `route_extra` keys) to `backend`.
+fn conf(
+    dir: &std::path::Path,
+    ports: &Ports,
+    certs: &TestCerts,
+    backend: SocketAddr,
+    route_extra: &str,
+) -> String {
     format!(
-        "{}{}{}\n[[routes]]\nname = \"api\"\nprefix = \"/api\"\nkind = \"proxy\"\nupstream = \"backend\"\n",
+        "{}{}{}\n[[routes]]\nname = \"api\"\nprefix = \"/api\"\nkind = \"proxy\"\nupstream = \"backend\"\n{route_extra}\n",
         ports.sections(dir),
         tls_section(certs),
         pool("backend", &[backend.to_string()], "")
@@ -142,16 +185,33 @@ fn conf(dir: &std::path::Path, ports: &Ports, certs: &TestCerts, backend: Socket
 }
 
 async fn start(dir: &std::path::Path) -> (Gateway, Seen, TestCerts) {
+    start_with(dir, "").await
+}
+
+async fn start_with(dir: &std::path::Path, route_extra: &str) -> (Gateway, Seen, TestCerts) {
     let certs = TestCerts::new(dir);
     let (backend, seen) = scripted_backend().await;
     let ports = Ports::new();
-    let gw = start_gateway(
-        dir,
-        &ports,
-        &conf(dir, &ports, &certs, backend),
-        &certs.ca_pem,
-    );
+    let text = conf(dir, &ports, &certs, backend, route_extra);
+    let gw = start_gateway(dir, &ports, &text, &certs.ca_pem);
     (gw, seen, certs)
+}
+
+/// Waits up to `limit` for the backend to have recorded a request whose head starts `prefix`.
+async fn seen_within(seen: &Seen, prefix: &str, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .any(|(h, _)| h.starts_with(prefix))
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// One client per HTTP version, each keeping its connection.
@@ -228,33 +288,180 @@ async fn an_unasked_switch_of_protocols_is_a_502_on_both_versions() {
     }
     // The backend saw each request once: a 101 is not retried.
     assert_eq!(seen.lock().expect("seen").len(), 4);
+    // And the client's HTTP/1.1 connection is closed after the 502, keep-alive asked or not.
+    let (resp, closed) = raw_https_closed(
+        gw.https,
+        &gw.ca_pem,
+        b"GET /api/switch HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 502);
+    assert!(closed, "{}", String::from_utf8_lossy(&resp));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keep_alive_connections_the_backend_drops_lose_no_request() {
+async fn a_pooled_connection_closed_under_a_request_is_retried_only_when_safe() {
     let dir = tempfile::tempdir().expect("tmp");
     let (gw, seen, _certs) = start(dir.path()).await;
+    let log = || std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
     for (version, c) in clients(&gw) {
-        for i in 0..20 {
-            let r = c.get(gw.url("/api/drop")).send().await.expect("drop");
-            assert_eq!(
-                r.status(),
-                200,
-                "{version} request {i}: {}",
-                std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
-            );
-            assert_eq!(
-                r.text().await.expect("body"),
-                "drop",
-                "{version} request {i}"
+        for i in 0..5 {
+            // From the second on, the pooled connection is closed under the request: a
+            // GET is sent again on a new connection and answered.
+            let r = c.get(gw.url("/api/stale")).send().await.expect("stale");
+            assert_eq!(r.status(), 200, "{version} GET {i}: {}", log());
+            assert_eq!(r.text().await.expect("body"), "ok", "{version} GET {i}");
+        }
+    }
+    let gets = |seen: &Seen| {
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .filter(|(h, _)| h.starts_with("GET /api/stale "))
+            .count()
+    };
+    // Ten GETs: the first on a new connection, each later one twice (closed, then again) —
+    // unless pingora's pool lost the race to take a pooled connection back from its idle
+    // watcher ("failed to acquire reusable stream") and opened a new one instead.
+    let n = gets(&seen);
+    assert!((11..=19).contains(&n), "{n} GETs seen: {}", log());
+    // A POST may have been acted on: closed under it, it is a 502, sent once, not again.
+    for (version, c) in clients(&gw) {
+        let mut refused = false;
+        // A POST that found no pooled connection (the race above, or the connection of the
+        // previous round already used) is answered on a new one: try again.
+        for _ in 0..4 {
+            let before = seen.lock().expect("seen").len();
+            let r = c
+                .post(gw.url("/api/stale"))
+                .body("")
+                .send()
+                .await
+                .expect("post");
+            let after: Vec<String> = seen.lock().expect("seen")[before..]
+                .iter()
+                .map(|(h, _)| h.lines().next().unwrap_or("").to_string())
+                .collect();
+            assert_eq!(after, ["POST /api/stale HTTP/1.1"], "{version}: sent once");
+            if r.status() == 502 {
+                let v: serde_json::Value = r.json().await.expect("json");
+                assert_eq!(v["error"], "bad_gateway", "{version}");
+                refused = true;
+                break;
+            }
+            assert_eq!(r.status(), 200, "{version}: {}", log());
+        }
+        assert!(refused, "{version}: no POST met a closed pooled connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_the_backend_thinks_frees_the_backend() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, seen, _certs) = start(dir.path()).await;
+    let limit = std::time::Duration::from_secs(5);
+    // HTTP/1.1: the client closes its connection.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = tls_connect(gw.https, &gw.ca_pem).await;
+        tls.write_all(b"GET /api/hang?v=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(
+            seen_within(&seen, "GET /api/hang?v=1 ", limit).await,
+            "proxied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(tls);
+    }
+    // Well before the pool's 30 s read timeout, the backend's connection is closed.
+    assert!(
+        seen_within(&seen, "EOF /api/hang", limit).await,
+        "h1 abort not passed on"
+    );
+    // HTTP/2: the client resets its stream (a request given up after 300 ms).
+    let [_, (_, h2)] = clients(&gw);
+    let r = h2
+        .get(gw.url("/api/hang?v=2"))
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(r.is_err(), "the backend never answers");
+    let eofs = || {
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .filter(|(h, _)| h.starts_with("EOF /api/hang"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + limit;
+    while eofs() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(eofs(), 2, "h2 reset not passed on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_upstream_body_is_never_passed_on_as_complete() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, _seen, _certs) = start(dir.path()).await;
+    for (version, c) in clients(&gw) {
+        let r = c.get(gw.url("/api/short")).send().await;
+        // The head may already be on its way; the body must then end in an error.
+        if let Ok(r) = r {
+            assert_eq!(r.status(), 200, "{version}");
+            assert!(
+                r.bytes().await.is_err(),
+                "{version}: 10 of 100 bytes taken as whole"
             );
         }
     }
-    assert_eq!(
-        seen.lock().expect("seen").len(),
-        40,
-        "each request reached the backend once"
+    // HTTP/1.1 on the wire: the connection closes after the 10 bytes.
+    let (resp, closed) = raw_https_closed(
+        gw.https,
+        &gw.ca_pem,
+        b"GET /api/short HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert!(closed, "connection kept after a short body");
+    assert!(
+        String::from_utf8_lossy(&resp).ends_with("\r\n\r\n0123456789"),
+        "{}",
+        String::from_utf8_lossy(&resp)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_set_by_a_route_rule_goes_up_on_both_versions() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (gw, seen, _certs) = start_with(
+        dir.path(),
+        "request_headers = { set = { host = \"backend.internal\" } }",
+    )
+    .await;
+    for (version, c) in clients(&gw) {
+        let r = c
+            .get(gw.url(&format!("/api/host-{version}")))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), 200, "{version}");
+    }
+    for version in ["h1", "h2"] {
+        let head = seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .find(|(h, _)| h.starts_with(&format!("GET /api/host-{version} ")))
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .unwrap_or_default();
+        assert!(
+            head.contains("\r\nhost: backend.internal\r\n"),
+            "{version}: {head}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1387,6 +1387,12 @@ impl BodyWriter {
         match self.body_mode {
             BM::ChunkedEncoding(written) => {
                 let chunk_size = buf.len();
+                // A zero-size chunk is the last-chunk (RFC 9112 §7.1): writing one for an
+                // empty buffer (e.g. an HTTP/2 END_STREAM frame without data) would end the
+                // body early, and `finish` would then write a second terminator.
+                if chunk_size == 0 {
+                    return Ok(Some(0));
+                }
 
                 let chuck_size_buf = format!("{:X}\r\n", chunk_size);
                 let mut output_buf = Bytes::from(chuck_size_buf).chain(buf).chain(&b"\r\n"[..]);
