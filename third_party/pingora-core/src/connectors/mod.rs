@@ -255,6 +255,21 @@ impl TransportConnector {
                 {
                     let _ = s.lock().await;
                 } // wait for the idle poll to release it
+                // The idle poll's guard unlocks before it drops its reference to the stream,
+                // so on a multi-threaded runtime this task can run in between (or the idle
+                // poll's thread be preempted right there): wait for the idle poll to let go
+                // — a few turns, then up to a few milliseconds — rather than drop a reusable
+                // connection and open a new one.
+                for turn in 0..20 {
+                    if Arc::strong_count(&s) == 1 {
+                        break;
+                    }
+                    if turn < 16 {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
                         let mut stream = l.into_inner();
