@@ -233,14 +233,8 @@ async fn relay_response(up: &mut Upstream, session: &mut Session, ctx: &mut Ctx)
                 .map_err(|e: Box<Error>| e.into_up());
         };
         let mut head: Box<ResponseHeader> = Box::new(head.clone());
-        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            // Never asked for: an upgrade request does not take this path.
-            return Err(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "101 without an upgrade request",
-            )
-            .into_up());
-        }
+        // An upgrade request never takes this path, so any `101` is one nobody asked for.
+        super::response::refuse_unasked_upgrade(session, &head)?;
         let informational = head.status.is_informational();
         let end = !informational && up.is_body_done();
         if !informational {

@@ -62,15 +62,6 @@ impl Gateway {
     }
 }
 
-/// Counts request body bytes against the body limit: 413 once over it.
-pub fn count_body(ctx: &mut Ctx, len: usize) -> Result<()> {
-    ctx.acct.body_bytes += len as u64;
-    if ctx.acct.body_bytes > ctx.rt.limits.max_body_bytes {
-        return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
-    }
-    Ok(())
-}
-
 /// Returns from the enclosing pipeline with the answer when a step gives one.
 macro_rules! step {
     ($verdict:expr) => {
@@ -256,10 +247,13 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        match body {
-            Some(b) => count_body(ctx, b.len()),
-            None => Ok(()),
+        if let Some(b) = body {
+            ctx.acct.body_bytes += b.len() as u64;
+            if ctx.acct.body_bytes > ctx.rt.limits.max_body_bytes {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
+            }
         }
+        Ok(())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -296,17 +290,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // pingora-proxy passes a `101` on when neither side asked to upgrade; a backend must
-        // not switch a connection the client did not ask to switch.
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
-            && !session.is_upgrade_req()
-        {
-            return Err(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "101 without an upgrade request",
-            )
-            .into_up());
-        }
+        response::refuse_unasked_upgrade(session, upstream_response)?;
         response::filter(session, upstream_response, ctx);
         Ok(())
     }

@@ -26,6 +26,23 @@ fn sticky_cookie(resp: &mut ResponseHeader, ctx: &Ctx) {
     }
 }
 
+/// A `101` the client did not ask for is refused (a 502): a backend must not switch a
+/// connection the client did not ask to switch. pingora-proxy only refuses a `101` whose
+/// upgrade status differs between the two sides, and passes one on when neither asked.
+pub fn refuse_unasked_upgrade(
+    session: &Session,
+    resp: &ResponseHeader,
+) -> pingora_core::Result<()> {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !session.is_upgrade_req() {
+        return Err(pingora_core::Error::explain(
+            pingora_core::ErrorType::InvalidHTTPHeader,
+            "101 without an upgrade request",
+        )
+        .into_up());
+    }
+    Ok(())
+}
+
 /// `response_filter` of proxied responses.
 pub fn filter(session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
     if let Some(t) = ctx.upstream.started {
